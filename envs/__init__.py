@@ -1,0 +1,19 @@
+"""Environments: the task registry, its wrappers and the tasks themselves."""
+
+from envs.registry import (
+    MissingDependencyError,
+    TaskInfo,
+    UnknownTaskError,
+    known_tasks,
+    make_env,
+    task_defaults,
+)
+
+__all__ = [
+    "MissingDependencyError",
+    "TaskInfo",
+    "UnknownTaskError",
+    "known_tasks",
+    "make_env",
+    "task_defaults",
+]

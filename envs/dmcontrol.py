@@ -1,0 +1,101 @@
+"""dm_control suite tasks as gymnasium environments with state observations.
+
+Importing this module imports dm_control; the registry checks that the
+package is installed before importing it, so any ImportError raised here is
+a genuine fault of the installation and is left to propagate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dm_control.suite as suite
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+DMC_ACTION_REPEAT = 2
+# 500 agent steps x action repeat 2 = 1000 simulator steps, as in TD-MPC2.
+DMC_EPISODE_LENGTH = 500
+
+
+def flatten_observation(observation: Mapping[str, Any]) -> np.ndarray:
+    """Returns the dm_control observation dict concatenated into a float32 vector."""
+    parts = [np.asarray(value, dtype=np.float64).reshape(-1) for value in observation.values()]
+    return np.concatenate(parts).astype(np.float32)
+
+
+class DMControlEnv(gym.Env):
+    """One dm_control suite task with flat float32 state observations.
+
+    Each ``step`` applies the action ``action_repeat`` times and returns the
+    summed reward. dm_control's own time limit is switched off: the episode
+    length is enforced by the registry's ``TimeLimit`` wrapper, in agent steps.
+    ``terminated`` is reported only when the task itself ends an episode with
+    discount 0 (no standard suite task does).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, domain: str, task: str, seed: int | None = None,
+                 action_repeat: int = DMC_ACTION_REPEAT):
+        if action_repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+        self.domain = domain
+        self.task = task
+        self.action_repeat = action_repeat
+        self._env = self._load(seed)
+        # Seed the current dm_control instance was built with and that no
+        # reset has consumed yet; reset(seed=same) then needs no rebuild.
+        self._unconsumed_seed = seed
+
+        action_spec = self._env.action_spec()
+        self.action_space = spaces.Box(
+            low=np.asarray(action_spec.minimum, dtype=np.float64),
+            high=np.asarray(action_spec.maximum, dtype=np.float64),
+            shape=action_spec.shape,
+            dtype=np.float64,
+        )
+        size = sum(int(np.prod(spec.shape)) for spec in self._env.observation_spec().values())
+        self.observation_space = spaces.Box(
+            low=-np.inf, high=np.inf, shape=(size,), dtype=np.float32
+        )
+
+    def _load(self, seed: int | None):
+        return suite.load(
+            self.domain,
+            self.task,
+            task_kwargs={"random": seed, "time_limit": float("inf")},
+        )
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Returns ``(observation, {})`` for a new episode.
+
+        A seed rebuilds the dm_control environment with that seed, which makes
+        the episode sequence from here on reproducible.
+        """
+        super().reset(seed=seed)
+        if seed is not None and seed != self._unconsumed_seed:
+            self._env = self._load(seed)
+        self._unconsumed_seed = None
+        timestep = self._env.reset()
+        return flatten_observation(timestep.observation), {}
+
+    def step(self, action: Any):
+        """Returns ``(observation, summed_reward, terminated, truncated, {})``."""
+        action = np.asarray(action, dtype=np.float64)
+        total_reward = 0.0
+        for _ in range(self.action_repeat):
+            timestep = self._env.step(action)
+            total_reward += float(timestep.reward or 0.0)
+            if timestep.last():
+                break
+        ended = timestep.last()
+        terminated = bool(ended and timestep.discount == 0.0)
+        truncated = bool(ended and not terminated)
+        return flatten_observation(timestep.observation), total_reward, terminated, truncated, {}
+
+    def close(self):
+        """Releases the dm_control physics; returns None."""
+        self._env.close()

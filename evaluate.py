@@ -1,0 +1,83 @@
+"""Evaluate a checkpoint: episode reward over N episodes with the planner (or the policy prior).
+
+    python evaluate.py checkpoint=runs/pendulum/.../final.pt
+    python evaluate.py checkpoint=PATH task=pendulum eval_episodes=20 mpc=false
+
+The model is rebuilt from the config stored in the checkpoint; ``task`` (if
+given) must match it. ``eval_episodes``, ``mpc``, ``seed``, ``device`` and
+``threads`` may be overridden.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
+from termcolor import colored
+
+from envs import MissingDependencyError, UnknownTaskError
+from pjepa_ext.plugin import build_agent
+from tdmpc2.checkpoint import CheckpointError, load_checkpoint
+from tdmpc2.config import ConfigError, choose_device, set_threads
+from tdmpc2.trainer import run_episodes
+from train import make_task_env, seed_everything
+
+OVERRIDABLE = ("task", "eval_episodes", "mpc", "seed", "device", "threads", "checkpoint")
+
+
+def parse_args(argv: list[str]):
+    """Return the ``key=value`` arguments as an OmegaConf node; reject unknown keys."""
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ConfigError(f"arguments must be key=value, got {bad}; allowed keys: {', '.join(OVERRIDABLE)}")
+    args = OmegaConf.from_dotlist(argv)
+    unknown = sorted(set(args) - set(OVERRIDABLE))
+    if unknown:
+        raise ConfigError(f"unknown argument(s) {unknown}; allowed keys: {', '.join(OVERRIDABLE)}")
+    if "checkpoint" not in args:
+        raise ConfigError("checkpoint=PATH is required")
+    return args
+
+
+def evaluate(argv: list[str]) -> dict:
+    """Load the checkpoint named in ``argv`` and return ``{episode_reward, success, episodes}``, printing each episode."""
+    args = parse_args(argv)
+    payload = load_checkpoint(args.checkpoint)
+    cfg = OmegaConf.create(payload["cfg"])
+    if "task" in args and args.task != cfg.task:
+        raise ConfigError(f"checkpoint was trained on task '{cfg.task}', not '{args.task}'")
+    with open_dict(cfg):
+        for key in ("eval_episodes", "mpc", "seed", "threads"):
+            if key in args:
+                cfg[key] = args[key]
+        cfg.device = str(choose_device(args.get("device", "auto")))
+        cfg.analysis_freq = 0
+    threads = set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    env = make_task_env(cfg, cfg.seed + 20_000)
+    try:
+        agent, _ = build_agent(cfg)
+        agent.load_state_dict(payload["agent"])
+    except (KeyError, RuntimeError, ConfigKeyError) as err:
+        raise CheckpointError(f"checkpoint {args.checkpoint} does not match the model its config describes: {err}") from err
+    print(colored(f"{args.checkpoint}: task {cfg.task}, {payload.get('updates', '?')} updates, "
+                  f"device {cfg.device}, threads {threads}, mpc {cfg.mpc}", "cyan"))
+    rewards, successes = run_episodes(
+        env, agent, cfg.eval_episodes, lambda i, total, t: print(f"episode {i + 1:>3}: reward {total:10.3f}  steps {t}"))
+    result = {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes)), "episodes": len(rewards)}
+    print(colored(f"mean episode reward {result['episode_reward']:.3f} over {len(rewards)} episodes "
+                  f"(std {np.std(rewards):.3f}), success {result['success']:.2f}", "green"))
+    return result
+
+
+def main() -> None:
+    try:
+        evaluate(sys.argv[1:])
+    except (CheckpointError, ConfigError, UnknownTaskError, MissingDependencyError) as err:
+        print(colored(f"error: {err}", "red"), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Resolve the ``auto`` choices of the P-JEPA presets (variant, size, aux) for a task and device."""
+from __future__ import annotations
+
+import torch
+
+from pjepa_ext.aux_targets import AUX_TARGETS
+
+VARIANTS = ("pjepa", "aux_only", "dyn_only", "stock")
+SIZES = ("cpu", "paper", "none")
+
+
+def _check(kind: str, value: str, allowed) -> str:
+    if value != "auto" and value not in allowed:
+        raise ValueError(f"unknown {kind} '{value}'; allowed values: auto, {', '.join(allowed)}")
+    return value
+
+
+def resolve_variant(variant: str, task: str) -> str:
+    """Return the variant name: ``auto`` means ``pjepa`` for the counting task, ``stock`` otherwise."""
+    if _check("variant", variant, VARIANTS) != "auto":
+        return variant
+    return "pjepa" if task == "counting" else "stock"
+
+
+def resolve_size(size: str, variant: str, pixel_task: bool, cuda: bool | None = None) -> str:
+    """Return the size preset: ``auto`` means ``paper`` on CUDA, ``cpu`` otherwise; ``none`` for stock or state tasks."""
+    if _check("size", size, SIZES) != "auto":
+        return size
+    if variant == "stock" or not pixel_task:
+        return "none"
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return "paper" if cuda else "cpu"
+
+
+def resolve_aux(aux: str, variant: str) -> str:
+    """Return the auxiliary target: ``auto`` means ``reward`` for P-JEPA variants, ``none`` for stock."""
+    if aux != "auto" and aux not in AUX_TARGETS:
+        raise ValueError(f"unknown aux '{aux}'; allowed values: auto, {', '.join(AUX_TARGETS)}")
+    if aux != "auto":
+        return aux
+    return "none" if variant == "stock" else "reward"

@@ -1,0 +1,267 @@
+"""The TD-MPC2 agent: model update (losses, optimisers) and MPPI planning in latent space."""
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import nn
+
+from tdmpc2 import math as tmath
+from tdmpc2.gating import GradientGating
+from tdmpc2.scale import RunningScale
+from tdmpc2.world_model import WorldModel
+
+
+class LatentLoss(Protocol):
+    """An extra loss term on encoded latents, plugged in by an extension.
+
+    ``name`` is its row in the gating table, ``weight`` its coefficient in the
+    model loss. Called with the encoded latents of ``obs[0..H]`` (shape
+    ``(H+1, B, latent_dim)``, already gated) and the batch; returns
+    ``(loss, metrics)``. Its parameters join the model optimizer.
+    """
+
+    name: str
+    weight: float
+
+    def __call__(self, z: torch.Tensor, batch: TensorDict) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss becomes NaN or infinite."""
+
+
+class TDMPC2:
+    """TD-MPC2: a world model trained from replayed sub-trajectories, acting by MPPI planning.
+
+    ``encoder`` replaces the world model's built-in encoder; ``extra_losses``
+    are extension loss terms (see :class:`LatentLoss`); ``extra_rows`` names
+    further gating rows an extension may set even when their term is inactive.
+    Which loss reaches the encoder is decided by ``cfg.gating`` and
+    ``cfg.consistency_target`` only.
+    """
+
+    def __init__(self, cfg, encoder: nn.Module | None = None, extra_losses: Iterable[nn.Module] = (),
+                 extra_rows: Iterable[str] = ()):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.model = WorldModel(cfg, encoder).to(self.device)
+        self.extra_losses = nn.ModuleList(extra_losses).to(self.device)
+        self.gating = GradientGating.from_config(
+            dict(cfg.gating), cfg.consistency_target, [t.name for t in self.extra_losses], extra_rows
+        )
+        self.optim = torch.optim.Adam(
+            [
+                {"params": list(self.model.encoder.parameters()), "lr": cfg.lr * cfg.enc_lr_scale},
+                {"params": self.model.head_parameters() + list(self.extra_losses.parameters())},
+            ],
+            lr=cfg.lr,
+        )
+        self.pi_optim = torch.optim.Adam(self.model.policy_parameters(), lr=cfg.lr, eps=1e-5)
+        self.scale = RunningScale(cfg.tau).to(self.device)
+        self.discount = cfg.discount
+        self.bins = self.model.bins
+        self._rho = torch.tensor([cfg.rho**t for t in range(cfg.horizon + 1)], device=self.device)
+        self._prev_mean = torch.zeros(cfg.horizon, cfg.action_dim, device=self.device)
+        self.num_updates = 0
+
+    # -- persistence --------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Return everything needed to resume or evaluate: weights, optimisers, Q scale, update count."""
+        return {
+            "model": self.model.state_dict(),
+            "extra_losses": self.extra_losses.state_dict(),
+            "optim": self.optim.state_dict(),
+            "pi_optim": self.pi_optim.state_dict(),
+            "scale": self.scale.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the agent from :meth:`state_dict` output."""
+        self.model.load_state_dict(state["model"])
+        self.extra_losses.load_state_dict(state["extra_losses"])
+        self.optim.load_state_dict(state["optim"])
+        self.pi_optim.load_state_dict(state["pi_optim"])
+        self.scale.load_state_dict(state["scale"])
+        self.num_updates = int(state["num_updates"])
+
+    def train(self, mode: bool = True) -> None:
+        """Put the networks in training (dropout, augmentation on) or evaluation mode."""
+        self.model.train(mode)
+        self.extra_losses.train(mode)
+
+    # -- acting -------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs, t0: bool = False, eval_mode: bool = False) -> torch.Tensor:
+        """Return an action in [-1, 1] for one observation: MPPI plan, or the policy prior with ``mpc=false``."""
+        self.train(False)
+        obs = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+        if self.cfg.mpc:
+            return self.plan(obs, t0=t0, eval_mode=eval_mode).cpu()
+        z = self.model.encode(obs)
+        action, info = self.model.pi(z)
+        return (info["mean"] if eval_mode else action)[0].cpu()
+
+    @torch.no_grad()
+    def _estimate_value(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Return the value ``(N, 1)`` of action sequences ``(H, N, A)`` from latents ``z``."""
+        value = torch.zeros(z.shape[0], 1, device=z.device)
+        discount = 1.0
+        alive = torch.ones_like(value)
+        for t in range(self.cfg.horizon):
+            reward = tmath.two_hot_inv(self.model.reward(z, actions[t]), self.bins)
+            z = self.model.next(z, actions[t])
+            value = value + discount * alive * reward
+            discount *= self.discount
+            if self.cfg.episodic:
+                alive = alive * (self.model.termination(z) <= 0.5).float()
+        action, _ = self.model.pi(z)
+        return value + discount * alive * self.model.Q(z, action, "avg")
+
+    @torch.no_grad()
+    def plan(self, obs: torch.Tensor, t0: bool = False, eval_mode: bool = False) -> torch.Tensor:
+        """Return the first action ``(A,)`` of the MPPI plan for a batch of one observation."""
+        cfg = self.cfg
+        H, N, P, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, cfg.action_dim
+        z = self.model.encode(obs)
+        actions = torch.empty(H, N, A, device=self.device)
+        if P > 0:
+            zp = z.expand(P, -1)
+            for t in range(H):
+                actions[t, :P], _ = self.model.pi(zp)
+                if t < H - 1:
+                    zp = self.model.next(zp, actions[t, :P])
+        z = z.expand(N, -1)
+        mean = torch.zeros(H, A, device=self.device)
+        std = torch.full((H, A), cfg.max_std, device=self.device)
+        if not t0:
+            mean[:-1] = self._prev_mean[1:]
+        for _ in range(cfg.iterations):
+            noise = torch.randn(H, N - P, A, device=self.device)
+            actions[:, P:] = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(-1, 1)
+            value = self._estimate_value(z, actions).nan_to_num(0.0).squeeze(1)
+            elite_value, elite_idx = torch.topk(value, cfg.num_elites)
+            elite_actions = actions[:, elite_idx]
+            score = torch.exp(cfg.temperature * (elite_value - elite_value.max()))
+            score = score / score.sum()
+            mean = (score[None, :, None] * elite_actions).sum(1)
+            std = ((score[None, :, None] * (elite_actions - mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
+            std = std.clamp(cfg.min_std, cfg.max_std)
+        chosen = elite_actions[:, torch.multinomial(score, 1)[0]]
+        self._prev_mean.copy_(mean)
+        action = chosen[0]
+        if not eval_mode:
+            action = action + std[0] * torch.randn(A, device=self.device)
+        return action.clamp(-1, 1)
+
+    # -- learning -----------------------------------------------------------
+    def _rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Return latents ``(H+1, B, L)``: ``z0`` then the dynamics rolled over ``actions``."""
+        zs = [z0]
+        for t in range(actions.shape[0]):
+            zs.append(self.model.next(zs[-1], actions[t]))
+        return torch.stack(zs)
+
+    def _encode_batch(self, obs: torch.Tensor) -> torch.Tensor:
+        """Return encoded latents ``(H+1, B, L)`` of ``obs[0..H]``; later frames carry gradient only if needed."""
+        needs_all = self.gating.target_has_gradient or any(
+            self.gating.reaches_encoder[t.name] for t in self.extra_losses
+        )
+        if needs_all:
+            return self.model.encode(obs)
+        z0 = self.model.encode(obs[0])
+        with torch.no_grad():
+            rest = self.model.encode(obs[1:])
+        return torch.cat([z0.unsqueeze(0), rest])
+
+    def update(self, batch: TensorDict) -> dict[str, float]:
+        """Run one gradient update on a batch of sub-trajectories ``(H+1, B)``; return its metrics.
+
+        Raises :class:`NonFiniteLossError` (before any weight changes) if the loss is not finite.
+        """
+        self.train()
+        total, metrics, zs = self._losses(batch)
+        if not torch.isfinite(total):
+            parts = {k: float(v) for k, v in metrics.items()}
+            raise NonFiniteLossError(f"non-finite model loss at update {self.num_updates}: {parts}")
+        self.optim.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optim.param_groups for p in g["params"]], self.cfg.grad_clip_norm
+        )
+        self.optim.step()
+
+        pi_loss, pi_entropy = self._update_pi(zs.detach())
+        self.model.soft_update_target_Q(self.cfg.tau)
+        self.num_updates += 1
+
+        metrics.update(total_loss=total.detach(), grad_norm=grad_norm, pi_loss=pi_loss, pi_entropy=pi_entropy, pi_scale=self.scale.value)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def compile(self) -> None:
+        """Compile the loss computation with ``torch.compile`` (optimizer steps stay eager)."""
+        self._losses = torch.compile(self._losses)
+
+    def _losses(self, batch: TensorDict):
+        """Return ``(total model loss, per-term losses, rollout latents (H+1, B, L))`` for one batch.
+
+        This is the one place where the gating table acts: every loss term sees
+        latents that carry gradient to the encoder only if its row says so.
+        """
+        cfg, gate = self.cfg, self.gating
+        obs = batch["obs"]
+        action, reward, terminated = batch["action"][1:], batch["reward"][1:], batch["terminated"][1:]
+        H = action.shape[0]
+        rho = self._rho[:H]
+
+        z_enc = self._encode_batch(obs)
+        next_z = z_enc[1:] if gate.target_has_gradient else z_enc[1:].detach()
+        with torch.no_grad():
+            nz = z_enc[1:].detach()
+            next_act, _ = self.model.pi(nz)
+            td_target = reward + self.discount * (1 - terminated) * self.model.Q(nz, next_act, "min", target=True)
+
+        # Latent rollouts: from the live encoding, and from a detached one when consistency is gated off.
+        live = self._rollout(z_enc[0], action)
+        zs_cons = live if gate.reaches_encoder["consistency"] else self._rollout(z_enc[0].detach(), action)
+        consistency = (F.mse_loss(zs_cons[1:], next_z, reduction="none").mean((1, 2)) * rho).sum() / H
+
+        zs = gate.gate(live, "reward")
+        reward_loss = (tmath.soft_ce(self.model.reward(zs[:-1], action), reward, self.bins).mean((1, 2)) * rho).sum() / H
+
+        zs = gate.gate(live, "value")
+        qs = self.model.Q(zs[:-1], action, "all")
+        q_ce = tmath.soft_ce(qs, td_target.unsqueeze(0).expand(cfg.num_q, *td_target.shape), self.bins)
+        value_loss = (q_ce.mean((2, 3)).sum(0) * rho).sum() / (H * cfg.num_q)
+
+        total = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
+        metrics = {"consistency_loss": consistency.detach(), "reward_loss": reward_loss.detach(), "value_loss": value_loss.detach()}
+        if cfg.episodic:
+            zs = gate.gate(live, "termination")
+            termination_loss = F.binary_cross_entropy_with_logits(self.model.termination(zs[1:], logits=True), terminated)
+            total = total + cfg.termination_coef * termination_loss
+            metrics["termination_loss"] = termination_loss.detach()
+
+        for term in self.extra_losses:
+            loss, info = term(gate.gate(z_enc, term.name), batch)
+            total = total + term.weight * loss
+            metrics[f"{term.name}_loss"] = loss.detach()
+            metrics.update(info)
+        return total, metrics, live
+
+    def _update_pi(self, zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update the policy prior on detached latents ``(H+1, B, L)``; return its loss and entropy."""
+        action, info = self.model.pi(zs)
+        q = self.model.Q(zs, action, "avg", detach=True)
+        self.scale.update(q[0])
+        q = self.scale(q)
+        rho = self._rho[: zs.shape[0]]
+        loss = (-(self.cfg.entropy_coef * info["scaled_entropy"] + q).mean((1, 2)) * rho).mean()
+        self.pi_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.policy_parameters(), self.cfg.grad_clip_norm)
+        self.pi_optim.step()
+        return loss.detach(), info["entropy"].mean().detach()

@@ -1,0 +1,222 @@
+"""The online training loop: seeding, acting, storing episodes, updating, evaluating, checkpointing."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+from tqdm import tqdm
+
+from tdmpc2.agent import TDMPC2
+from tdmpc2.buffer import EpisodeBuffer
+from tdmpc2.checkpoint import save_checkpoint
+from tdmpc2.config import to_container
+from tdmpc2.logger import Logger
+
+
+class TrainingHook(Protocol):
+    """Called by the trainer; an extension uses it for periodic analysis."""
+
+    def on_update(self, trainer: "OnlineTrainer") -> None: ...
+
+    def on_end(self, trainer: "OnlineTrainer") -> None: ...
+
+
+def episode_step(obs, info: dict, info_keys: Iterable[str], action_dim: int, action=None, reward=None, terminated=False) -> TensorDict:
+    """Return one replay step: the observation, the action and reward that led to it (NaN at reset), flags and info."""
+    obs_t = torch.as_tensor(np.asarray(obs))
+    act = torch.full((action_dim,), float("nan")) if action is None else torch.as_tensor(action, dtype=torch.float32).reshape(action_dim)
+    return TensorDict(
+        {
+            "obs": obs_t,
+            "action": act,
+            "reward": torch.tensor([float("nan") if reward is None else float(reward)]),
+            "terminated": torch.tensor([float(terminated)]),
+            "info": TensorDict({k: torch.tensor(float(info[k])) for k in info_keys}, batch_size=[]),
+        },
+        batch_size=[],
+    )
+
+
+def run_episodes(env, agent: TDMPC2, episodes: int, on_episode=None) -> tuple[list[float], list[float]]:
+    """Play ``episodes`` episodes with ``agent.act(eval_mode=True)``; return per-episode rewards and successes.
+
+    ``on_episode(index, reward, steps)`` is called after each episode when given.
+    """
+    rewards, successes = [], []
+    for i in range(episodes):
+        obs, info = env.reset()
+        done, total, success, t = False, 0.0, 0.0, 0
+        while not done:
+            action = agent.act(obs, t0=t == 0, eval_mode=True)
+            obs, reward, terminated, truncated, info = env.step(action.numpy())
+            total += float(reward)
+            success = max(success, float(info.get("success", 0.0)))
+            done, t = terminated or truncated, t + 1
+        rewards.append(total)
+        successes.append(success)
+        if on_episode is not None:
+            on_episode(i, total, t)
+    return rewards, successes
+
+
+class RandomPolicy:
+    """Uniform actions in [-1, 1], each held for ``repeat`` steps (reset at episode start)."""
+
+    def __init__(self, action_dim: int, repeat: int, rng: np.random.Generator):
+        self.action_dim, self.repeat, self.rng = action_dim, repeat, rng
+        self._action, self._left = None, 0
+
+    def reset(self) -> None:
+        """Forget the held action."""
+        self._left = 0
+
+    def __call__(self) -> np.ndarray:
+        """Return the next action."""
+        if self._left == 0:
+            self._action = self.rng.uniform(-1, 1, self.action_dim).astype(np.float32)
+            self._left = self.repeat
+        self._left -= 1
+        return self._action
+
+
+class OnlineTrainer:
+    """Runs TD-MPC2's online loop and writes ``train.csv``, ``eval.csv`` and checkpoints into ``run_dir``."""
+
+    def __init__(self, cfg, env, eval_env, agent: TDMPC2, buffer: EpisodeBuffer, logger: Logger, run_dir: str | Path,
+                 hooks: Iterable[TrainingHook] = ()):
+        self.cfg, self.env, self.eval_env, self.agent, self.buffer, self.logger = cfg, env, eval_env, agent, buffer, logger
+        self.run_dir = Path(run_dir)
+        self.hooks = list(hooks)
+        self.step = 0
+        self.start_time = time.time()
+        self.random_policy = RandomPolicy(cfg.action_dim, cfg.random_action_repeat, np.random.default_rng(cfg.seed))
+        self._metrics: list[dict[str, float]] = []
+        self._episode_rewards: list[float] = []
+        self._last_log = (time.time(), 0, 0)
+        self._stop = False
+        self.short_episodes = 0
+
+    # -- helpers ------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        """Return seconds since training started."""
+        return time.time() - self.start_time
+
+    def _out_of_time(self) -> bool:
+        return self.cfg.train_minutes is not None and self.elapsed >= 60 * self.cfg.train_minutes
+
+    def _store(self, episode: list[TensorDict]) -> None:
+        # Sub-trajectories span horizon+1 observations; shorter episodes cannot be sampled.
+        if len(episode) < self.cfg.horizon + 1:
+            self.short_episodes += 1
+            return
+        self.buffer.add(torch.stack(episode))
+
+    def checkpoint_payload(self) -> dict:
+        """Return what a checkpoint holds: agent state, resolved config, progress counters."""
+        return {"agent": self.agent.state_dict(), "cfg": to_container(self.cfg), "step": self.step,
+                "updates": self.agent.num_updates, "elapsed": self.elapsed}
+
+    def save(self, name: str) -> Path:
+        """Write checkpoint ``<run_dir>/<name>.pt`` atomically; return its path."""
+        return save_checkpoint(self.run_dir / f"{name}.pt", self.checkpoint_payload())
+
+    # -- evaluation ---------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_episodes`` episodes with the planner (eval mode); return mean reward and success."""
+        rewards, successes = run_episodes(self.eval_env, self.agent, self.cfg.eval_episodes)
+        return {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes))}
+
+    def _log_eval(self) -> None:
+        row = {"step": self.step, "updates": self.agent.num_updates, **self.evaluate(), "elapsed": self.elapsed}
+        self.logger.log("eval", row)
+
+    # -- updates ------------------------------------------------------------
+    def _update(self) -> None:
+        self._metrics.append(self.agent.update(self.buffer.sample()))
+        for hook in self.hooks:
+            hook.on_update(self)
+        if self.agent.num_updates % self.cfg.log_freq == 0:
+            self._log_train()
+        if self._out_of_time():
+            self._stop = True
+
+    def _log_train(self) -> None:
+        now, last_step, last_updates = time.time(), *self._last_log[1:]
+        dt = max(now - self._last_log[0], 1e-9)
+        row = {"step": self.step, "updates": self.agent.num_updates}
+        if self._episode_rewards:
+            row["episode_reward"] = float(np.mean(self._episode_rewards[-10:]))
+        if self._metrics:
+            keys = self._metrics[-1].keys()
+            row.update({k: float(np.mean([m[k] for m in self._metrics if k in m])) for k in keys})
+        row.update(steps_per_second=(self.step - last_step) / dt, updates_per_second=(self.agent.num_updates - last_updates) / dt,
+                   elapsed=self.elapsed)
+        self.logger.log("train", row)
+        self._metrics.clear()
+        self._last_log = (now, self.step, self.agent.num_updates)
+
+    # -- main loop ----------------------------------------------------------
+    def train(self) -> None:
+        """Run the loop until ``steps`` environment steps (or ``train_minutes``); write the final checkpoint."""
+        cfg = self.cfg
+        info_keys = cfg.info_keys
+        done, episode, episode_reward = True, [], 0.0
+        obs = None
+        seeding = tqdm(total=cfg.seed_steps, desc="seeding (random actions)", unit="step", leave=False,
+                       disable=cfg.seed_steps < 5000 or self.logger.quiet)
+        try:
+            while self.step <= cfg.steps and not self._stop:
+                if cfg.eval_freq and self.step > 0 and self.step % cfg.eval_freq == 0:
+                    self._log_eval()
+                if cfg.save_freq and self.step > 0 and self.step % cfg.save_freq == 0:
+                    self.save(f"step_{self.step}")
+                if done:
+                    if episode:
+                        self._store(episode)
+                        self._episode_rewards.append(episode_reward)
+                    obs, info = self.env.reset()
+                    episode, episode_reward = [episode_step(obs, info, info_keys, cfg.action_dim)], 0.0
+                    self.random_policy.reset()
+                if self.step == cfg.steps:
+                    break
+                if self.step >= cfg.seed_steps and not cfg.random_policy:
+                    action = self.agent.act(obs, t0=len(episode) == 1).numpy()
+                else:
+                    action = self.random_policy()
+                obs, reward, terminated, truncated, info = self.env.step(action)
+                done = terminated or truncated
+                episode_reward += float(reward)
+                episode.append(episode_step(obs, info, info_keys, cfg.action_dim, action, reward, terminated))
+                if self.step < cfg.seed_steps:
+                    seeding.update(1)
+                else:
+                    if self.step == cfg.seed_steps:
+                        seeding.close()
+                        if done:  # the last seeding episode must be in the buffer before pretraining
+                            self._store(episode)
+                            episode = []
+                        self.logger.info(f"seeding done ({cfg.seed_steps:,} steps, {len(self.buffer):,} stored, "
+                                         f"{self.short_episodes:,} episodes shorter than horizon+1 skipped); "
+                                         f"pretraining with {cfg.pretrain_updates:,} updates")
+                    n = cfg.pretrain_updates if self.step == cfg.seed_steps else cfg.updates_per_step
+                    for _ in range(n):
+                        self._update()
+                        if self._stop:
+                            break
+                self.step += 1
+        finally:
+            seeding.close()
+        if self._stop:
+            self.logger.info(f"stopped after train_minutes={cfg.train_minutes} at step {self.step:,}, "
+                             f"{self.agent.num_updates:,} updates")
+        for hook in self.hooks:
+            hook.on_end(self)
+        if cfg.eval_episodes:
+            self._log_eval()
+        path = self.save("final")
+        self.logger.info(f"final checkpoint: {path}")

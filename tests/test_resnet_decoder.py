@@ -1,0 +1,164 @@
+"""Facts about the deep ResNet encoder and the decoder probe."""
+import pytest
+import torch
+from torch import nn
+
+from pjepa_ext.decoder import ImageDecoder, decoder_loss, decoder_target, reconstruct
+from pjepa_ext.resnet import (PAPER_RESNET, ResNetEncoder, count_layers, init_statistics,
+                              parameter_count)
+
+torch.set_num_threads(1)
+
+SMALL = dict(width=16, blocks_per_stage=1, latent_dim=32)
+
+
+def _images(batch: int, size: int) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def paper_encoder():
+    torch.manual_seed(0)
+    return ResNetEncoder(**PAPER_RESNET)
+
+
+def test_paper_preset_matches_printed_size(paper_encoder):
+    assert parameter_count(paper_encoder) == 12_260_192
+    assert count_layers(paper_encoder) == 69
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_paper_preset_output_shape(paper_encoder, size):
+    with torch.no_grad():
+        z = paper_encoder(_images(2, size))
+    assert z.shape == (2, 256)
+    assert z.dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [64, 32])
+@pytest.mark.parametrize("kwargs", [
+    SMALL,
+    dict(width=32, blocks_per_stage=2, latent_dim=64),
+    dict(SMALL, stem_stride=1, stem_pool=False),
+    dict(SMALL, zero_init_residual=True),
+])
+def test_small_presets_output_shape(kwargs, size):
+    encoder = ResNetEncoder(**kwargs)
+    assert encoder(_images(3, size)).shape == (3, kwargs["latent_dim"])
+
+
+def test_layer_count_follows_blocks_per_stage():
+    # stem + 2 convs per block + 3 projections + linear
+    assert count_layers(ResNetEncoder(**SMALL)) == 1 + 4 * 2 + 3 + 1
+    assert count_layers(ResNetEncoder(width=16, blocks_per_stage=3)) == 1 + 12 * 2 + 3 + 1
+
+
+def test_no_conv_bias_and_no_normalisation(paper_encoder):
+    convs = [m for m in paper_encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 68
+    assert all(conv.bias is None for conv in convs)
+    norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+    assert not any(isinstance(m, norm_types) for m in paper_encoder.modules())
+
+
+def test_pixel_preprocessing_maps_to_half_unit_range():
+    encoder = ResNetEncoder(**SMALL)
+    pixels = torch.tensor([0, 255], dtype=torch.uint8)
+    assert encoder.pre(pixels).tolist() == [-0.5, 0.5]
+    images = _images(2, 32)
+    assert torch.equal(encoder(images), encoder(images.float()))
+
+
+def test_gradient_reaches_every_encoder_parameter():
+    torch.manual_seed(0)
+    encoder = ResNetEncoder(**SMALL)
+    encoder(_images(4, 32)).pow(2).sum().backward()
+    for name, param in encoder.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_zero_init_residual_makes_blocks_start_as_shortcut():
+    encoder = ResNetEncoder(**SMALL, zero_init_residual=True)
+    assert all(block.conv2.weight.abs().sum() == 0 for block in encoder.blocks())
+    identity_block = encoder.blocks()[0]  # stage 0: no projection
+    x = torch.rand(2, 16, 8, 8)
+    assert torch.equal(identity_block(x), x)
+
+
+def test_init_statistics_report_finite_values():
+    stats = init_statistics(ResNetEncoder(**SMALL), _images(4, 32))
+    assert set(stats) == {"input_std", "pooled_std", "latent_std", "latent_norm", "latent_spread"}
+    assert all(torch.isfinite(torch.tensor(v)) and v > 0 for v in stats.values())
+
+
+def test_encoder_rejects_wrong_channels():
+    with pytest.raises(ValueError, match="shape"):
+        ResNetEncoder(**SMALL)(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="width"):
+        ResNetEncoder(width=0)
+
+
+@pytest.mark.parametrize("size, layers", [(64, 6), (32, 5)])
+def test_decoder_output_shape_and_range(size, layers):
+    torch.manual_seed(0)
+    decoder = ImageDecoder(latent_dim=256, image_size=size)
+    out = decoder(torch.randn(3, 256) * 10)
+    assert out.shape == (3, 3, size, size)
+    assert out.min() > -1 and out.max() < 1
+    assert count_layers(decoder) == layers
+
+
+def test_decoder_parameter_count_near_paper():
+    # paper: 202,883 at latent 256, 64x64
+    assert parameter_count(ImageDecoder(latent_dim=256, image_size=64)) == 198_115
+
+
+def test_decoder_target_range():
+    target = decoder_target(torch.tensor([0, 255], dtype=torch.uint8))
+    assert target.tolist() == [-1.0, 1.0]
+
+
+def test_decoder_loss_on_detached_latent_leaves_encoder_untouched():
+    torch.manual_seed(0)
+    encoder = ResNetEncoder(**SMALL)
+    decoder = ImageDecoder(latent_dim=SMALL["latent_dim"], image_size=32)
+    obs = _images(4, 32)
+    loss = decoder_loss(decoder, encoder(obs).detach(), obs)
+    loss.backward()
+    assert loss.ndim == 0
+    assert all(p.grad is None for p in encoder.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())
+
+
+def test_decoder_loss_does_not_detach_by_itself():
+    torch.manual_seed(0)
+    encoder = ResNetEncoder(**SMALL)
+    decoder = ImageDecoder(latent_dim=SMALL["latent_dim"], image_size=32)
+    obs = _images(4, 32)
+    decoder_loss(decoder, encoder(obs), obs).backward()
+    assert encoder.proj.weight.grad is not None and encoder.proj.weight.grad.abs().sum() > 0
+
+
+def test_decoder_loss_is_zero_for_a_perfect_reconstruction():
+    decoder = ImageDecoder(latent_dim=8, image_size=16)
+    obs = reconstruct(decoder, torch.zeros(2, 8))
+    # quantisation to uint8 is the only error left
+    assert decoder_loss(decoder, torch.zeros(2, 8), obs).item() < (1 / 127.5) ** 2
+
+
+def test_reconstruct_returns_uint8_images():
+    decoder = ImageDecoder(latent_dim=8, image_size=32)
+    images = reconstruct(decoder, torch.randn(2, 8))
+    assert images.dtype == torch.uint8 and images.shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("size", [48, 8, 0, 100, 64.0])
+def test_bad_image_size_raises(size):
+    with pytest.raises(ValueError, match="power of two"):
+        ImageDecoder(latent_dim=8, image_size=size)
+
+
+def test_decoder_rejects_wrong_latent_size():
+    with pytest.raises(ValueError, match="latents"):
+        ImageDecoder(latent_dim=8, image_size=16)(torch.zeros(2, 9))

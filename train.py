@@ -1,0 +1,116 @@
+"""Train a TD-MPC2 / P-JEPA agent online.
+
+    python train.py task=pendulum                 # stock TD-MPC2
+    python train.py task=counting aux=reward      # P-JEPA, the paper's main experiment
+    python train.py task=counting variant=dyn_only
+
+Every run writes into its own directory under runs/: the resolved config,
+train.csv, eval.csv (and analysis.csv on the counting task), checkpoints.
+"""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+from termcolor import colored
+
+from envs import MissingDependencyError, UnknownTaskError, make_env, task_defaults
+from pjepa_ext.plugin import build_agent
+from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
+from tdmpc2.agent import NonFiniteLossError
+from tdmpc2.buffer import EpisodeBuffer
+from tdmpc2.config import ConfigError, choose_device, resolve, set_threads
+from tdmpc2.logger import Logger
+from tdmpc2.trainer import OnlineTrainer
+
+
+def apply_presets(cfg: DictConfig) -> DictConfig:
+    """Return ``cfg`` with ``variant``/``size``/``aux`` set to concrete presets (``auto`` resolved).
+
+    An ``auto`` group choice is resolved from the task and device, then the
+    config is composed again with the concrete choice and the user's own
+    command-line overrides, so that those still win over the preset.
+    """
+    choices = HydraConfig.get().runtime.choices
+    obs_type, _ = task_defaults(cfg.task)
+    variant = resolve_variant(choices["variant"], cfg.task)
+    size = resolve_size(choices["size"], variant, pixel_task=(cfg.obs or obs_type) == "rgb",
+                        cuda=choose_device(cfg.device).type == "cuda")
+    if (variant, size) != (choices["variant"], choices["size"]):
+        user = [o for o in HydraConfig.get().overrides.task if not o.startswith(("variant=", "size="))]
+        cfg = hydra.compose(config_name="config", overrides=[*user, f"variant={variant}", f"size={size}"])
+    with open_dict(cfg):
+        cfg.variant, cfg.size = variant, size
+        cfg.aux = resolve_aux(cfg.aux, variant)
+    return cfg
+
+
+def make_task_env(cfg: DictConfig, seed: int):
+    """Return the wrapped environment of ``cfg.task`` (task options passed only to tasks that take them)."""
+    obs_type, takes_options = task_defaults(cfg.task)
+    options = OmegaConf.to_container(cfg[cfg.task]) if takes_options and cfg.task in cfg else None
+    return make_env(cfg.task, seed=seed, obs=cfg.obs or obs_type, options=options)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def describe(cfg: DictConfig, agent, threads: int) -> str:
+    """Return the start-of-run summary: task, device, sizes, presets and the gating table."""
+    enc = sum(p.numel() for p in agent.model.encoder.parameters())
+    total = sum(p.numel() for p in agent.model.parameters()) + sum(p.numel() for p in agent.extra_losses.parameters())
+    lines = [
+        f"task {cfg.task} ({cfg.obs_type} {tuple(cfg.obs_shape)}, action dim {cfg.action_dim}, "
+        f"episode length {cfg.episode_length}, discount {cfg.discount:.3f})",
+        f"device {cfg.device}, torch threads {threads}, compile {cfg.compile}",
+        f"variant {cfg.variant}, size {cfg.size}, aux {cfg.aux}, encoder {cfg.encoder}",
+        f"parameters: {total:,} total, encoder {enc:,}",
+        "gradient gating:",
+        agent.gating.table(),
+    ]
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train with the composed config ``cfg``; return the run directory."""
+    cfg = apply_presets(cfg)
+    threads = set_threads(cfg.threads)
+    env = make_task_env(cfg, cfg.seed)
+    eval_env = make_task_env(cfg, cfg.seed + 10_000)
+    cfg = resolve(cfg, env.task_info)
+    seed_everything(cfg.seed)
+    agent, ext = build_agent(cfg)
+    if cfg.compile:
+        agent.compile()
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    logger = Logger(run_dir)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    logger.info(f"run directory: {run_dir}", "yellow")
+    logger.info(describe(cfg, agent, threads))
+    buffer = EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed)
+    OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks).train()
+    return run_dir
+
+
+@hydra.main(config_path=".", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, UnknownTaskError, MissingDependencyError, NonFiniteLossError, ValueError) as err:
+        print(colored(f"error: {err}", "red"), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
