@@ -60,16 +60,20 @@ def _compile_default(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for any value outside its allowed range."""
     for key in _POSITIVE_INTS:
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
+        if not _is_int(cfg[key]) or cfg[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
     for key in _NON_NEGATIVE:
-        if not isinstance(cfg[key], int) or cfg[key] < 0:
+        if not _is_int(cfg[key]) or cfg[key] < 0:
             raise ConfigError(f"{key} must be a non-negative integer, got {cfg[key]!r}")
     for key in _POSITIVE_FLOATS:
-        if not isinstance(cfg[key], (int, float)) or not cfg[key] > 0:
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or not cfg[key] > 0:
             raise ConfigError(f"{key} must be a positive number, got {cfg[key]!r}")
     if cfg.model_size not in MODEL_SIZES:
         raise ConfigError(f"model_size={cfg.model_size!r} is unknown; allowed values: {', '.join(map(str, MODEL_SIZES))}")
@@ -115,6 +119,9 @@ def resolve(cfg: DictConfig, task_info) -> DictConfig:
             cfg.discount = discount_from_episode_length(cfg.episode_length, cfg.discount_min, cfg.discount_max)
         if cfg.seed_steps is None:
             cfg.seed_steps = max(1000, 5 * cfg.episode_length)
+        if cfg.seed_steps < cfg.episode_length:
+            raise ConfigError(f"seed_steps ({cfg.seed_steps}) must cover at least one episode "
+                              f"({cfg.episode_length} steps) so that pretraining has data")
         if cfg.pretrain_updates is None:
             cfg.pretrain_updates = cfg.seed_steps
         cfg.buffer_capacity = min(cfg.buffer_size, cfg.steps)

@@ -45,14 +45,17 @@ class NormedLinear(nn.Linear):
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, out_act: nn.Module | None = None, dropout: float = 0.0) -> nn.Sequential:
-    """Return an MLP of normed-linear hidden layers and a plain linear output (then ``out_act``)."""
+    """Return an MLP of normed-linear hidden layers and an output layer.
+
+    The output layer is a plain ``Linear``, or, when ``out_act`` is given, a
+    normed linear ending in ``out_act`` (``Linear -> LayerNorm -> SimNorm``
+    for TD-MPC2's encoder and dynamics).
+    """
     dims = [in_dim, *hidden]
     layers: list[nn.Module] = [
         NormedLinear(dims[i], dims[i + 1], dropout=dropout if i == 0 else 0.0) for i in range(len(hidden))
     ]
-    layers.append(nn.Linear(dims[-1], out_dim))
-    if out_act is not None:
-        layers.append(out_act)
+    layers.append(nn.Linear(dims[-1], out_dim) if out_act is None else NormedLinear(dims[-1], out_dim, act=out_act))
     return nn.Sequential(*layers)
 
 

@@ -54,10 +54,11 @@ def two_hot(x: torch.Tensor, bins: Bins) -> torch.Tensor:
 
     The weight of the two bins around symlog(x) is proportional to closeness;
     the encoding sums to one and its expectation over the centres is symlog(x)
-    (clamped to the support).
+    (clamped to the support). A NaN scalar gives a row of NaNs.
     """
     y = symlog(x).clamp(bins.vmin, bins.vmax)
-    pos = (y - bins.vmin) / bins.bin_size
+    nan = torch.isnan(y)
+    pos = (y.nan_to_num(0.0) - bins.vmin) / bins.bin_size
     low = pos.floor().clamp(max=bins.num_bins - 1)
     frac = pos - low
     low_idx = low.long()
@@ -65,7 +66,8 @@ def two_hot(x: torch.Tensor, bins: Bins) -> torch.Tensor:
     out = torch.zeros(*x.shape[:-1], bins.num_bins, device=x.device, dtype=x.dtype)
     out.scatter_add_(-1, low_idx, 1.0 - frac)
     out.scatter_add_(-1, high_idx, frac)
-    return out
+    # A NaN scalar encodes as NaN (so the loss is non-finite and reported), never as a bad index.
+    return torch.where(nan, torch.full_like(out, float("nan")), out)
 
 
 def two_hot_inv(logits: torch.Tensor, bins: Bins) -> torch.Tensor:

@@ -24,11 +24,15 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.bins = tmath.Bins(cfg.num_bins, cfg.vmin, cfg.vmax)
         latent, act_dim, hid = cfg.latent_dim, cfg.action_dim, cfg.mlp_dim
-        norm = layers.SimNorm(cfg.simnorm_dim) if cfg.simnorm else nn.Identity()
+        simnorm = (lambda: layers.SimNorm(cfg.simnorm_dim)) if cfg.simnorm else (lambda: None)
 
-        self._encoder = encoder if encoder is not None else self._default_encoder(cfg)
-        self._latent_norm = copy.deepcopy(norm)
-        self._dynamics = layers.mlp(latent + act_dim, [hid] * cfg.dynamics_layers, latent, out_act=copy.deepcopy(norm))
+        # The state MLP normalises its own output (Linear -> LayerNorm -> SimNorm); pixel and
+        # external encoders are followed by SimNorm alone, as TD-MPC2's conv encoder is.
+        state_encoder = encoder is None and cfg.obs_type == "state"
+        self._encoder = encoder if encoder is not None else self._default_encoder(cfg, simnorm())
+        latent_norm = None if state_encoder else simnorm()
+        self._latent_norm = latent_norm if latent_norm is not None else nn.Identity()
+        self._dynamics = layers.mlp(latent + act_dim, [hid] * cfg.dynamics_layers, latent, out_act=simnorm())
         self._reward = layers.mlp(latent + act_dim, [hid, hid], cfg.num_bins)
         self._termination = layers.mlp(latent, [hid, hid], 1) if cfg.episodic else None
         self._pi = layers.mlp(latent, [hid, hid], 2 * act_dim)
@@ -45,12 +49,19 @@ class WorldModel(nn.Module):
         layers.zero_last_layer(self._Qs)
 
         self._target_Qs = copy.deepcopy(self._Qs).requires_grad_(False)
+        self._target_Qs.train(False)
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
 
+    def train(self, mode: bool = True) -> "WorldModel":
+        """Set training mode; the target Qs always stay in evaluation mode (no dropout in TD targets)."""
+        super().train(mode)
+        self._target_Qs.train(False)
+        return self
+
     @staticmethod
-    def _default_encoder(cfg) -> nn.Module:
+    def _default_encoder(cfg, out_act: nn.Module | None) -> nn.Module:
         if cfg.obs_type == "state":
-            return layers.mlp(cfg.obs_shape[0], [cfg.enc_dim] * (cfg.num_enc_layers - 1), cfg.latent_dim)
+            return layers.mlp(cfg.obs_shape[0], [cfg.enc_dim] * max(cfg.num_enc_layers - 1, 1), cfg.latent_dim, out_act=out_act)
         if cfg.obs_type == "rgb":
             return layers.ConvEncoder(cfg.obs_shape, cfg.num_channels, cfg.latent_dim, cfg.shift_pad, cfg.conv_padding)
         raise ValueError(f"unknown obs_type '{cfg.obs_type}'; allowed values: state, rgb")
