@@ -31,6 +31,7 @@ from pjepa_ext.bisim import CollapseReport, collapse_check, format_partition, pr
 from pjepa_ext.decoder import decoder_target, reconstruct
 from pjepa_ext.metrics import nearest_centroid_accuracy, nearest_centroid_recall, representation_report
 from pjepa_ext.probes import ProbeSet, embed, make_probe_sets
+from tdmpc2.config import choose_device
 
 #: checkpoint names a run directory may hold, in the order tried when none is named
 CHECKPOINTS = ("best", "final")
@@ -94,21 +95,6 @@ def _with_defaults(run_cfg: dict) -> tuple[DictConfig, list[str]]:
     base.pop("hydra", None)
     missing = sorted(_leaf_keys(base) - _leaf_keys(run_cfg))
     return OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(run_cfg)), missing
-
-
-def choose_device(device: str = "auto") -> torch.device:
-    """Return the torch device for ``device``: ``auto`` is CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device='{device}' is not a device; allowed: auto, cpu, cuda, cuda:N") from err
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device='{device}' but CUDA is not available here; use device=cpu or device=auto")
-    if chosen.type not in ("cpu", "cuda"):
-        raise ValueError(f"device='{device}' is not supported; allowed: auto, cpu, cuda, cuda:N")
-    return chosen
 
 
 def find_checkpoint(run_dir: str | Path, checkpoint: str | None = None) -> tuple[str, Path]:
