@@ -25,20 +25,51 @@ class TrainingHook(Protocol):
     def on_end(self, trainer: "OnlineTrainer") -> None: ...
 
 
-def episode_step(obs, info: dict, info_keys: Iterable[str], action_dim: int, action=None, reward=None, terminated=False) -> TensorDict:
-    """Return one replay step: the observation, the action and reward that led to it (NaN at reset), flags and info."""
-    obs_t = torch.as_tensor(np.asarray(obs))
-    act = torch.full((action_dim,), float("nan")) if action is None else torch.as_tensor(action, dtype=torch.float32).reshape(action_dim)
-    return TensorDict(
-        {
-            "obs": obs_t,
-            "action": act,
-            "reward": torch.tensor([float("nan") if reward is None else float(reward)]),
-            "terminated": torch.tensor([float(terminated)]),
-            "info": TensorDict({k: torch.tensor(float(info[k])) for k in info_keys}, batch_size=[]),
-        },
-        batch_size=[],
-    )
+class EpisodeRecorder:
+    """Collects one episode as arrays and returns it as a replay TensorDict of length T+1.
+
+    Step t holds the observation, the action and reward that led to it (NaN at
+    reset), the termination flag and the task's info entries. Building one
+    TensorDict per episode instead of one per step keeps collection fast.
+    """
+
+    def __init__(self, info_keys: Iterable[str], action_dim: int):
+        self.info_keys, self.action_dim = list(info_keys), action_dim
+        self._obs: list = []
+
+    def start(self, obs, info: dict) -> None:
+        """Begin a new episode at its reset observation."""
+        nan_action = np.full(self.action_dim, np.nan, dtype=np.float32)
+        self._obs, self._action, self._reward, self._terminated = [obs], [nan_action], [np.nan], [0.0]
+        self._info = {k: [float(info[k])] for k in self.info_keys}
+
+    def add(self, obs, info: dict, action, reward, terminated: bool) -> None:
+        """Append one step."""
+        self._obs.append(obs)
+        self._action.append(np.asarray(action, dtype=np.float32).reshape(self.action_dim))
+        self._reward.append(float(reward))
+        self._terminated.append(float(terminated))
+        for k in self.info_keys:
+            self._info[k].append(float(info[k]))
+
+    def __len__(self) -> int:
+        """Return the number of observations recorded (steps + 1)."""
+        return len(self._obs)
+
+    def to_tensordict(self) -> TensorDict:
+        """Return the episode as a TensorDict of length ``len(self)``."""
+        n = len(self._obs)
+        info = TensorDict({k: torch.tensor(v, dtype=torch.float32) for k, v in self._info.items()}, batch_size=[n])
+        return TensorDict(
+            {
+                "obs": torch.from_numpy(np.stack(self._obs)),
+                "action": torch.from_numpy(np.stack(self._action)),
+                "reward": torch.tensor(self._reward, dtype=torch.float32).unsqueeze(-1),
+                "terminated": torch.tensor(self._terminated, dtype=torch.float32).unsqueeze(-1),
+                "info": info,
+            },
+            batch_size=[n],
+        )
 
 
 def run_episodes(env, agent: TDMPC2, episodes: int, on_episode=None) -> tuple[list[float], list[float]]:
@@ -109,12 +140,12 @@ class OnlineTrainer:
     def _out_of_time(self) -> bool:
         return self.cfg.train_minutes is not None and self.elapsed >= 60 * self.cfg.train_minutes
 
-    def _store(self, episode: list[TensorDict]) -> None:
+    def _store(self, episode: EpisodeRecorder) -> None:
         # Sub-trajectories span horizon+1 observations; shorter episodes cannot be sampled.
         if len(episode) < self.cfg.horizon + 1:
             self.short_episodes += 1
             return
-        self.buffer.add(torch.stack(episode))
+        self.buffer.add(episode.to_tensordict())
 
     def checkpoint_payload(self) -> dict:
         """Return what a checkpoint holds: agent state, resolved config, progress counters."""
@@ -164,8 +195,8 @@ class OnlineTrainer:
     def train(self) -> None:
         """Run the loop until ``steps`` environment steps (or ``train_minutes``); write the final checkpoint."""
         cfg = self.cfg
-        info_keys = cfg.info_keys
-        done, episode, episode_reward = True, [], 0.0
+        episode = EpisodeRecorder(cfg.info_keys, cfg.action_dim)
+        done, episode_reward = True, 0.0
         obs = None
         seeding = tqdm(total=cfg.seed_steps, desc="seeding (random actions)", unit="step", leave=False,
                        disable=cfg.seed_steps < 5000 or self.logger.quiet)
@@ -176,11 +207,12 @@ class OnlineTrainer:
                 if cfg.save_freq and self.step > 0 and self.step % cfg.save_freq == 0:
                     self.save(f"step_{self.step}")
                 if done:
-                    if episode:
+                    if len(episode):
                         self._store(episode)
                         self._episode_rewards.append(episode_reward)
                     obs, info = self.env.reset()
-                    episode, episode_reward = [episode_step(obs, info, info_keys, cfg.action_dim)], 0.0
+                    episode.start(obs, info)
+                    episode_reward = 0.0
                     self.random_policy.reset()
                 if self.step == cfg.steps:
                     break
@@ -191,7 +223,7 @@ class OnlineTrainer:
                 obs, reward, terminated, truncated, info = self.env.step(action)
                 done = terminated or truncated
                 episode_reward += float(reward)
-                episode.append(episode_step(obs, info, info_keys, cfg.action_dim, action, reward, terminated))
+                episode.add(obs, info, action, reward, terminated)
                 if self.step < cfg.seed_steps:
                     seeding.update(1)
                 else:
@@ -199,7 +231,7 @@ class OnlineTrainer:
                         seeding.close()
                         if done:  # the last seeding episode must be in the buffer before pretraining
                             self._store(episode)
-                            episode = []
+                            episode = EpisodeRecorder(cfg.info_keys, cfg.action_dim)
                         self.logger.info(f"seeding done ({cfg.seed_steps:,} steps, {len(self.buffer):,} stored, "
                                          f"{self.short_episodes:,} episodes shorter than horizon+1 skipped); "
                                          f"pretraining with {cfg.pretrain_updates:,} updates")
