@@ -199,7 +199,7 @@ class OnlineTrainer:
         done, episode_reward = True, 0.0
         obs = None
         seeding = tqdm(total=cfg.seed_steps, desc="seeding (random actions)", unit="step", leave=False,
-                       disable=cfg.seed_steps < 5000 or self.logger.quiet)
+                       mininterval=2.0, disable=cfg.seed_steps < 5000 or self.logger.quiet)
         try:
             while self.step <= cfg.steps and not self._stop:
                 if cfg.eval_freq and self.step > 0 and self.step % cfg.eval_freq == 0:
