@@ -29,15 +29,18 @@ from tdmpc2.config import resolve  # noqa: E402
 from train import make_task_env  # noqa: E402
 
 
-def build(size: str, variant: str):
+def build(size: str, variant: str, compiled: bool):
     """Return ``(agent, cfg)`` for the counting task at size preset ``size``."""
     with initialize_config_dir(config_dir=str(ROOT), version_base=None):
         cfg = compose(config_name="config", overrides=["task=counting", f"variant={variant}", f"size={size}",
-                                                       "device=cpu", "analysis_freq=0"])
+                                                       "device=cpu", "analysis_freq=0", f"compile={compiled}"])
     with open_dict(cfg):
         cfg.aux = "reward"
     cfg = resolve(cfg, make_task_env(cfg, 0).task_info)
-    return build_agent(cfg)[0], cfg
+    agent = build_agent(cfg)[0]
+    if cfg.compile:
+        agent.compile()
+    return agent, cfg
 
 
 def counting_batch(cfg) -> TensorDict:
@@ -57,27 +60,32 @@ def main() -> None:
     parser.add_argument("--variant", default="pjepa")
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=10, help="timed updates (the paper preset uses at most 3)")
+    parser.add_argument("--compile", nargs="+", default=["false"], choices=["true", "false"],
+                        help="time eager (false) and/or compiled (true) agents")
     args = parser.parse_args()
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for size in args.sizes:
-            agent, cfg = build(size, args.variant)
-            batch = counting_batch(cfg)
-            repeats = min(args.repeats, 3) if size == "paper" else args.repeats
-            agent.update(batch)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
+            for compiled in args.compile:
+                agent, cfg = build(size, args.variant, compiled == "true")
+                batch = counting_batch(cfg)
+                repeats = min(args.repeats, 3) if size == "paper" else args.repeats
                 agent.update(batch)
-                times.append(time.perf_counter() - t)
-            ms = 1000 * statistics.median(times)
-            enc = sum(p.numel() for p in agent.model.encoder.parameters())
-            rows.append((threads, size, cfg.counting.image_size, cfg.batch_size, enc, repeats, ms))
+                agent.update(batch)
+                times = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    agent.update(batch)
+                    times.append(time.perf_counter() - t)
+                ms = 1000 * statistics.median(times)
+                enc = sum(p.numel() for p in agent.model.encoder.parameters())
+                rows.append((threads, size, compiled, cfg.counting.image_size, cfg.batch_size, enc, repeats, ms))
     print(f"\nP-JEPA update (variant {args.variant}, aux reward, decoder probe on), median; torch {torch.__version__}")
-    print(f"{'threads':>7} {'size':<6} {'image':>5} {'batch':>5} {'encoder params':>15} {'n':>3} {'ms/update':>10} {'updates/s':>10}")
-    for t, size, img, b, enc, n, ms in rows:
-        print(f"{t:>7} {size:<6} {img:>5} {b:>5} {enc:>15,} {n:>3} {ms:>10.1f} {1000 / ms:>10.2f}")
+    print(f"{'threads':>7} {'size':<6} {'compile':<7} {'image':>5} {'batch':>5} {'encoder params':>15} {'n':>3} "
+          f"{'ms/update':>10} {'updates/s':>10}")
+    for t, size, comp, img, b, enc, n, ms in rows:
+        print(f"{t:>7} {size:<6} {comp:<7} {img:>5} {b:>5} {enc:>15,} {n:>3} {ms:>10.1f} {1000 / ms:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -92,11 +92,11 @@ class WorldModel(nn.Module):
 
     def next(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Return the predicted next latent d(z, a)."""
-        return self._dynamics(torch.cat([z, a], dim=-1))
+        return self._dynamics((z, a))
 
     def reward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Return reward logits ``(..., num_bins)`` of R(z, a)."""
-        return self._reward(torch.cat([z, a], dim=-1))
+        return self._reward((z, a))
 
     def termination(self, z: torch.Tensor, logits: bool = False) -> torch.Tensor:
         """Return the termination probability (or logit) of latent ``z``; zeros for non-episodic tasks."""
@@ -131,13 +131,13 @@ class WorldModel(nn.Module):
         """
         if return_type not in ("min", "avg", "all"):
             raise ValueError(f"unknown return_type '{return_type}'; allowed values: min, avg, all")
-        za = torch.cat([z, a], dim=-1)
-        lead = za.shape[:-1]
-        za = za.reshape(-1, za.shape[-1])
+        lead = torch.broadcast_shapes(z.shape[:-1], a.shape[:-1])
+        za = (z.expand(*lead, -1).reshape(-1, z.shape[-1]), a.expand(*lead, -1).reshape(-1, a.shape[-1]))
         net = self._target_Qs if target else self._Qs
         if return_type == "all":
             return net(za, detach=detach).reshape(self.cfg.num_q, *lead, -1)
-        members = torch.randperm(self.cfg.num_q, device=za.device)[:2]
+        # With two members or fewer, "two drawn at random" is all of them, and min/mean ignore the order.
+        members = None if self.cfg.num_q <= 2 else torch.randperm(self.cfg.num_q, device=z.device)[:2]
         q = tmath.two_hot_inv(net(za, members=members, detach=detach), self.bins)
         q = q.min(0).values if return_type == "min" else q.mean(0)
         return q.reshape(*lead, 1)
