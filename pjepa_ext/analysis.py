@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pjepa_ext.bisim import CollapseReport, collapse_check, format_partition, predict_counting_partition
 from pjepa_ext.decoder import decoder_target, reconstruct
 from pjepa_ext.metrics import nearest_centroid_accuracy, nearest_centroid_recall, representation_report
-from pjepa_ext.probes import ProbeSet, embed, make_probe_sets
+from pjepa_ext.probes import ProbeSet, embed, run_probe_sets
 from tdmpc2.config import choose_device
 
 #: checkpoint names a run directory may hold, in the order tried when none is named
@@ -177,12 +177,6 @@ class ProbeEmbeddings:
     eval_set: ProbeSet
     centroid_emb: np.ndarray
     eval_emb: np.ndarray
-
-
-def run_probe_sets(cfg) -> tuple[ProbeSet, ProbeSet]:
-    """Return the ``(centroid_set, eval_set)`` the run's training-time monitor used."""
-    return make_probe_sets(cfg.analysis_per_count, cfg.counting.image_size, cfg.counting.max_count,
-                           cfg.analysis_seed)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from pjepa_ext.metrics import representation_report
-from pjepa_ext.probes import embed, make_probe_sets
+from pjepa_ext.probes import embed, run_probe_sets
 from tdmpc2.checkpoint import save_checkpoint
 
 
@@ -18,8 +18,7 @@ class AnalysisHook:
     def __init__(self, cfg):
         self.freq = cfg.analysis_freq
         self.target = cfg.counting.target
-        self.centroid_set, self.eval_set = make_probe_sets(
-            cfg.analysis_per_count, cfg.counting.image_size, cfg.counting.max_count, cfg.analysis_seed)
+        self.centroid_set, self.eval_set = run_probe_sets(cfg)
         self.best_accuracy = -1.0
 
     def measure(self, agent) -> dict[str, float]:

@@ -43,6 +43,11 @@ def make_probe_sets(per_count: int = 100, image_size: int = 64, max_count: int =
             make_probe_set(per_count, image_size, max_count, rng))
 
 
+def run_probe_sets(cfg) -> tuple[ProbeSet, ProbeSet]:
+    """Return the ``(centroid_set, eval_set)`` of a run config (its training-time monitor uses these)."""
+    return make_probe_sets(cfg.analysis_per_count, cfg.counting.image_size, cfg.counting.max_count, cfg.analysis_seed)
+
+
 @torch.no_grad()
 def embed(encode, obs: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
     """Return ``encode`` applied to ``obs`` in batches, as a float32 numpy array ``(N, L)``."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tdmpc2.layers import PixelPreprocess
+
 #: Channel multipliers and strides of the four stages.
 STAGE_WIDTH_MULTIPLIERS = (1, 2, 4, 8)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -43,14 +45,6 @@ class _BasicBlock(nn.Module):
         """Return relu(conv2(relu(conv1(x))) + shortcut(x))."""
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(self.conv2(self.relu(self.conv1(x))) + shortcut)
-
-
-class PixelPreprocess(nn.Module):
-    """Map pixels in [0, 255] (uint8 or float) to floats in [-0.5, 0.5]."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``x / 255 - 0.5`` as float32."""
-        return x.float().div(255.0).sub(0.5)
 
 
 class ResNetEncoder(nn.Module):

@@ -131,8 +131,8 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_members, in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(num_members, 1, out_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: Input) -> torch.Tensor:
+        return _ensemble_linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         e, i, o = self.weight.shape
