@@ -211,8 +211,8 @@ class TDMPC2:
         """Use compiled code (called when ``cfg.compile`` is true); what is compiled is what measured fastest on CPU:
 
         * the hidden blocks of every MLP, the Q ensemble and extension heads
-          (LayerNorm, affine, Mish) run as fused compiled kernels
-          (``layers.use_compiled_kernels``);
+          (LayerNorm, affine, Mish) run as fused kernels, native C++ on CPU
+          (``layers.use_compiled_kernels``, ``tdmpc2.native``);
         * ``torch.compile`` of the gradient-free parts: the MPPI value
           estimate (:meth:`_estimate_value`) and the TD target (:meth:`_td_target`).
 

@@ -5,12 +5,13 @@ The fast paths must compute what the plain PyTorch code computes, up to float32 
 from __future__ import annotations
 
 import functools
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tdmpc2 import kernels, layers
+from tdmpc2 import kernels, layers, native
 
 
 def plain_norm_mish(x, weight, bias):
@@ -48,9 +49,26 @@ def test_compiled_mish_matches_mish_forward_and_backward():
 # ---------------------------------------------------------------- LayerNorm + affine + Mish
 
 
+@pytest.fixture(params=["native", "inductor"])
+def fused_backend(request, monkeypatch):
+    """Run a test with the native CPU kernels, then with the torch.compile ones."""
+    if request.param == "native":
+        if not native.available():
+            pytest.skip("the native kernels are not built on this machine")
+    else:
+        monkeypatch.setitem(native._state, "available", False)
+    return request.param
+
+
+def test_native_kernels_build_where_there_is_a_compiler():
+    if shutil.which("c++") is None or torch.backends.cpu.get_cpu_capability() not in native._ISA_FLAGS:
+        pytest.skip("no C++ compiler or no AVX2")
+    assert native.available()
+
+
 @pytest.mark.parametrize("x_shape, affine_shape", [((3, 10, 48), (48,)), ((2, 30, 48), (2, 1, 48))])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_norm_mish_matches_layer_norm_then_mish(x_shape, affine_shape, compiled):
+def test_norm_mish_matches_layer_norm_then_mish(x_shape, affine_shape, compiled, fused_backend):
     torch.manual_seed(0)
     x = (torch.randn(*x_shape) * 3 + 1).requires_grad_()
     weight = (torch.randn(*affine_shape) + 1).requires_grad_()
@@ -65,6 +83,23 @@ def test_norm_mish_matches_layer_norm_then_mish(x_shape, affine_shape, compiled)
     got, = gradients(frozen, (x,), g)
     expected, = gradients(lambda t: plain_norm_mish(t, weight.detach(), bias.detach()), (x,), g)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_norm_mish_keeps_nan_and_handles_large_pre_activations(fused_backend):
+    x = torch.randn(4, 64)
+    x[1, 3] = float("nan")
+    weight, bias = torch.full((64,), 30.0), torch.zeros(64)  # pre-activations of about +-100
+    out = kernels.norm_mish(x, weight, bias, compiled=True)
+    assert out[1].isnan().all() and out[[0, 2, 3]].isfinite().all()
+    torch.testing.assert_close(out[[0, 2, 3]], plain_norm_mish(x[[0, 2, 3]], weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_norm_mish_runs_inside_compiled_code(fused_backend):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 40, 48), torch.randn(2, 1, 48), torch.randn(2, 1, 48)
+    fn = torch.compile(lambda t: kernels.norm_mish(t, weight, bias, compiled=True), fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fn(x), plain_norm_mish(x, weight, bias), rtol=1e-5, atol=2e-6)
 
 
 def test_compiled_ensemble_equals_the_eager_ensemble():

@@ -1,0 +1,215 @@
+// Fused LayerNorm + affine + Mish for float32 CPU tensors: the hidden block of every TD-MPC2 MLP.
+//
+// One pass per row keeps the row in L1: its mean and variance, then the normalised value, the
+// affine and Mish (and, for training, Mish's derivative and the normalised input, which the
+// backward pass needs). Loops are plain arithmetic so that the compiler vectorises them; exp is
+// a Cody-Waite reduction plus a degree-6 polynomial (Cephes expf, about 1 ulp).
+//
+// Layout: x is (G, M, H) contiguous with weight/bias (G, 1, H) (one affine per ensemble member)
+// or (1, 1, H) (shared). Built at first use by tdmpc2/native.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+namespace {
+
+constexpr float kMishClamp = 20.0f;
+
+// exp(x) for x <= kMishClamp; inputs below -87 give exp(-87) (Mish is 0 there to float precision).
+// NaN stays NaN: every comparison is written so that it lets NaN through.
+inline float exp_small(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: t - 1.5 * 2^23 is x / ln 2 rounded
+  const float n = t - 12582912.0f;
+  const int32_t ni = __builtin_bit_cast(int32_t, t) - 0x4B400000;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * __builtin_bit_cast(float, (ni + 127) << 23);
+}
+
+// Mish(p) and its derivative, with n = e^p (e^p + 2): Mish = p n / (n + 2).
+inline void mish_and_derivative(float p, float& y, float& dy) {
+  const float e = exp_small(p > kMishClamp ? kMishClamp : p);
+  const float n = e * (e + 2.0f);
+  const float d = n + 2.0f;
+  const float r = 1.0f / d;
+  y = p * n * r;
+  dy = (n * d + 4.0f * p * e * (e + 1.0f)) * (r * r);
+}
+
+inline float mish(float p) {
+  const float e = exp_small(p > kMishClamp ? kMishClamp : p);
+  const float n = e * (e + 2.0f);
+  return p * n / (n + 2.0f);
+}
+
+// Row statistics of LayerNorm: mean and 1/sqrt(var + eps), two passes over a row held in L1.
+inline void row_stats(const float* x, int64_t h, float eps, float& mean, float& rstd) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < h; ++i) s += x[i];
+  mean = s / static_cast<float>(h);
+  float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t i = 0; i < h; ++i) {
+    const float c = x[i] - mean;
+    ss += c * c;
+  }
+  rstd = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
+}
+
+struct Layout {
+  int64_t rows, h, rows_per_group;
+};
+
+Layout check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const char* what) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 3,
+              what, ": expects a contiguous float32 CPU tensor (G, M, H), got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(w.is_contiguous() && b.is_contiguous() && w.dim() == 3 && w.size(1) == 1 && w.size(2) == x.size(2) &&
+              w.sizes() == b.sizes() && (w.size(0) == x.size(0) || w.size(0) == 1),
+              what, ": weight and bias must be contiguous (G, 1, H) or (1, 1, H), got ", w.sizes(), " and ", b.sizes());
+  const int64_t rows = x.size(0) * x.size(1);
+  const int64_t groups = w.size(0);
+  return {rows, x.size(2), groups == 1 ? rows : x.size(1)};
+}
+
+at::Tensor norm_mish(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+  const Layout l = check(x, w, b, "norm_mish");
+  at::Tensor y = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t h = l.h;
+  at::parallel_for(0, l.rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = xp + r * h;
+      const float* wr = wp + (r / l.rows_per_group) * h;
+      const float* br = bp + (r / l.rows_per_group) * h;
+      float* yr = yp + r * h;
+      float mean, rstd;
+      row_stats(xr, h, static_cast<float>(eps), mean, rstd);
+#pragma omp simd
+      for (int64_t i = 0; i < h; ++i) yr[i] = mish((xr[i] - mean) * rstd * wr[i] + br[i]);
+    }
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_mish_train(
+    const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+  const Layout l = check(x, w, b, "norm_mish_train");
+  at::Tensor y = at::empty_like(x), dy = at::empty_like(x), xhat = at::empty_like(x);
+  at::Tensor rstd = at::empty({x.size(0), x.size(1), 1}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *dp = dy.data_ptr<float>(), *hp = xhat.data_ptr<float>(), *sp = rstd.data_ptr<float>();
+  const int64_t h = l.h;
+  at::parallel_for(0, l.rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = xp + r * h;
+      const float* wr = wp + (r / l.rows_per_group) * h;
+      const float* br = bp + (r / l.rows_per_group) * h;
+      float *yr = yp + r * h, *dr = dp + r * h, *hr = hp + r * h;
+      float mean, rs;
+      row_stats(xr, h, static_cast<float>(eps), mean, rs);
+      sp[r] = rs;
+#pragma omp simd
+      for (int64_t i = 0; i < h; ++i) {
+        const float xh = (xr[i] - mean) * rs;
+        hr[i] = xh;
+        mish_and_derivative(xh * wr[i] + br[i], yr[i], dr[i]);
+      }
+    }
+  });
+  return {y, dy, xhat, rstd};
+}
+
+// Input gradient of one row: LayerNorm backward, rstd * (g - mean(g) - xhat * mean(g * xhat)),
+// with g = grad * mish'(pre) * weight the gradient at the normalised input.
+inline void row_backward(const float* g, const float* d, const float* xh, float rs, const float* w, int64_t h,
+                         float* gx) {
+  float m1 = 0.0f, m2 = 0.0f;
+#pragma omp simd reduction(+ : m1, m2)
+  for (int64_t i = 0; i < h; ++i) {
+    const float gxh = g[i] * d[i] * w[i];
+    m1 += gxh;
+    m2 += gxh * xh[i];
+  }
+  m1 /= static_cast<float>(h);
+  m2 /= static_cast<float>(h);
+#pragma omp simd
+  for (int64_t i = 0; i < h; ++i) gx[i] = rs * (g[i] * d[i] * w[i] - m1 - xh[i] * m2);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_mish_backward(
+    const at::Tensor& grad_in, const at::Tensor& dy, const at::Tensor& xhat, const at::Tensor& rstd,
+    const at::Tensor& w, bool param_grads) {
+  const at::Tensor grad = grad_in.contiguous();
+  const Layout l = check(xhat, w, w, "norm_mish_backward");
+  TORCH_CHECK(grad.sizes() == xhat.sizes() && dy.sizes() == xhat.sizes() && dy.is_contiguous() && rstd.is_contiguous(),
+              "norm_mish_backward: gradient and saved tensors must match, got ", grad.sizes(), " and ", xhat.sizes());
+  at::Tensor gx = at::empty_like(xhat);
+  const int64_t h = l.h, groups = w.size(0);
+  // Parameter gradients: each thread sums its rows, then adds its sums under a lock.
+  at::Tensor gw = at::zeros_like(w), gb = at::zeros_like(w);
+  const float *gp = grad.data_ptr<float>(), *dp = dy.data_ptr<float>(), *hp = xhat.data_ptr<float>();
+  const float *sp = rstd.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* gxp = gx.data_ptr<float>();
+  float *gwp = gw.data_ptr<float>(), *gbp = gb.data_ptr<float>();
+  std::mutex lock;
+  at::parallel_for(0, l.rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc_w, acc_b;
+    if (param_grads) {
+      acc_w.assign(groups * h, 0.0f);
+      acc_b.assign(groups * h, 0.0f);
+    }
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t g = r / l.rows_per_group;
+      const float *gr = gp + r * h, *dr = dp + r * h, *hr = hp + r * h, *wr = wp + g * h;
+      row_backward(gr, dr, hr, sp[r], wr, h, gxp + r * h);
+      if (param_grads) {
+        float *aw = acc_w.data() + g * h, *ab = acc_b.data() + g * h;
+#pragma omp simd
+        for (int64_t i = 0; i < h; ++i) {
+          const float gpre = gr[i] * dr[i];
+          aw[i] += gpre * hr[i];
+          ab[i] += gpre;
+        }
+      }
+    }
+    if (param_grads) {
+      std::lock_guard<std::mutex> guard(lock);
+      for (int64_t i = 0; i < groups * h; ++i) {
+        gwp[i] += acc_w[i];
+        gbp[i] += acc_b[i];
+      }
+    }
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(tdmpc2_native, m) {
+  m.def("norm_mish(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
+  m.def("norm_mish_train(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("norm_mish_backward(Tensor grad, Tensor derivative, Tensor xhat, Tensor rstd, Tensor weight, bool param_grads) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(tdmpc2_native, CPU, m) {
+  m.impl("norm_mish", &norm_mish);
+  m.impl("norm_mish_train", &norm_mish_train);
+  m.impl("norm_mish_backward", &norm_mish_backward);
+}
