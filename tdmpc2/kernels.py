@@ -16,7 +16,8 @@ matrix products are as fast as they go.
   use (once per process and shape rank; inductor caches them on disk). If
   compiling fails, a warning is printed and the same formulas run eagerly.
 * :func:`simnorm` is ``softmax`` over consecutive groups of features, written
-  out because ATen's softmax over a last dim of 8 is slow on CPU.
+  out because ATen's softmax over a last dim of 8 is slow on CPU;
+  :func:`norm_simnorm` fuses it with the LayerNorm before it (native on CPU).
 * :func:`dropout` draws only the dropped positions when the rate is small.
 * :class:`CompileWithFallback` is ``torch.compile`` that falls back to eager
   code when compiling fails (used for the kernels and by ``TDMPC2.compile``).
@@ -244,6 +245,43 @@ def simnorm(x: torch.Tensor, group: int) -> torch.Tensor:
     """Return ``x`` with a softmax applied inside each consecutive group of ``group`` features."""
     shape = x.shape
     return _GroupSoftmax.apply(x.reshape(*shape[:-1], -1, group)).reshape(shape)
+
+
+class _NativeNormSimNorm(torch.autograd.Function):
+    """LayerNorm, affine and SimNorm in one native forward and one backward kernel over ``(R, H)`` inputs."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, group: int):
+        y, xhat, rstd = torch.ops.tdmpc2_native.norm_simnorm_train(x.detach(), weight.detach(), bias.detach(), eps, group)
+        ctx.group = group
+        ctx.save_for_backward(y, xhat, rstd, weight.detach())
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, xhat, rstd, weight = ctx.saved_tensors
+        param_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_x, grad_w, grad_b = torch.ops.tdmpc2_native.norm_simnorm_backward(
+            grad.contiguous(), y, xhat, rstd, weight, ctx.group, param_grads)
+        return grad_x, grad_w if param_grads else None, grad_b if param_grads else None, None, None
+
+
+def norm_simnorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, group: int,
+                 fused: bool = False) -> torch.Tensor:
+    """Return ``SimNorm(LayerNorm(x) * weight + bias)`` over the last dim, with softmax groups of ``group``.
+
+    ``fused`` runs the native CPU kernel (float32, :mod:`tdmpc2.native`) when
+    it is available; otherwise, and inside compiled code that needs gradients,
+    LayerNorm then :func:`simnorm`.
+    """
+    if fused and x.dtype == torch.float32 and x.device.type == "cpu" and native.available():
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)):
+            return torch.ops.tdmpc2_native.norm_simnorm(x2, weight.contiguous(), bias.contiguous(), eps, group).view(shape)
+        if not torch.compiler.is_compiling():
+            return _NativeNormSimNorm.apply(x2, weight, bias, eps, group).view(shape)
+    return simnorm(F.layer_norm(x, x.shape[-1:], weight, bias, eps), group)
 
 
 def _dropped_positions(n: int, p: float, device: torch.device) -> torch.Tensor:

@@ -73,11 +73,15 @@ class Mish(nn.Module):
 
 
 class SimNorm(nn.Module):
-    """Simplicial normalisation: softmax inside consecutive groups of ``dim`` features."""
+    """Simplicial normalisation: softmax inside consecutive groups of ``dim`` features.
+
+    ``compiled_kernels`` lets a :class:`NormedLinear` ending in SimNorm fuse it with its LayerNorm.
+    """
 
     def __init__(self, dim: int = 8):
         super().__init__()
         self.dim = dim
+        self.compiled_kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.simnorm(x, self.dim)
@@ -104,6 +108,8 @@ class NormedLinear(nn.Linear):
             x = kernels.dropout(x, self.dropout.p, self.training)
         if isinstance(self.act, Mish):
             return kernels.norm_mish(x, self.ln.weight, self.ln.bias, self.ln.eps, self.act.compiled_kernels)
+        if isinstance(self.act, SimNorm):
+            return kernels.norm_simnorm(x, self.ln.weight, self.ln.bias, self.ln.eps, self.act.dim, self.act.compiled_kernels)
         return self.act(self.ln(x))
 
 

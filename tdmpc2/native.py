@@ -1,7 +1,8 @@
 """Native CPU kernels (``tdmpc2/csrc``), compiled on first use with the machine's C++ compiler.
 
 :func:`available` builds them and says whether the fused LayerNorm + affine +
-Mish kernels ``torch.ops.tdmpc2_native.norm_mish*`` can be used; when they
+Mish and LayerNorm + affine + SimNorm kernels (``torch.ops.tdmpc2_native``:
+``norm_mish*``, ``norm_simnorm*``) can be used; when they
 cannot be built (no compiler, no ninja, a non-x86 machine) callers use the
 ``torch.compile`` kernels instead. The build takes about 10 s once per machine and
 instruction set; ``torch.utils.cpp_extension`` caches it
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("csrc") / "norm_mish.cpp"
+_SOURCE = Path(__file__).with_name("csrc") / "fused_norm.cpp"
 #: Compiler flags per ATen CPU capability: the binary only uses instructions the running CPU has.
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2", "-mfma"],
@@ -64,6 +65,18 @@ def _register_fake_kernels() -> None:
 
     @torch.library.register_fake("tdmpc2_native::norm_mish_backward")
     def _(grad, derivative, xhat, rstd, weight, param_grads):
+        return torch.empty_like(xhat), torch.empty_like(weight), torch.empty_like(weight)
+
+    @torch.library.register_fake("tdmpc2_native::norm_simnorm")
+    def _(x, weight, bias, eps, group):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("tdmpc2_native::norm_simnorm_train")
+    def _(x, weight, bias, eps, group):
+        return torch.empty_like(x), torch.empty_like(x), x.new_empty((x.shape[0], 1))
+
+    @torch.library.register_fake("tdmpc2_native::norm_simnorm_backward")
+    def _(grad, y, xhat, rstd, weight, group, param_grads):
         return torch.empty_like(xhat), torch.empty_like(weight), torch.empty_like(weight)
 
 

@@ -126,6 +126,40 @@ def test_group_softmax_gradient_is_softmax_gradient():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
+def plain_norm_simnorm(x, weight, bias, group=8):
+    y = F.layer_norm(x, x.shape[-1:], weight, bias)
+    return F.softmax(y.unflatten(-1, (-1, group)), -1).flatten(-2)
+
+
+@pytest.mark.parametrize("group", [8, 4])
+def test_fused_norm_simnorm_matches_layer_norm_then_simnorm(group, fused_backend):
+    torch.manual_seed(0)
+    x = (torch.randn(3, 11, 64) * 3 + 1).requires_grad_()
+    weight, bias = (torch.randn(64) + 1).requires_grad_(), torch.randn(64).requires_grad_()
+    g = torch.randn(3, 11, 64)
+    fast = lambda *t: kernels.norm_simnorm(*t, 1e-5, group, fused=True)  # noqa: E731
+    plain = lambda *t: plain_norm_simnorm(*t, group)  # noqa: E731
+    torch.testing.assert_close(fast(x, weight, bias), plain(x, weight, bias), rtol=1e-5, atol=1e-6)
+    for got, expected in zip(gradients(fast, (x, weight, bias), g), gradients(plain, (x, weight, bias), g)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, weight, bias), plain(x, weight, bias), rtol=1e-5, atol=1e-6)
+        compiled = torch.compile(fast, fullgraph=True)
+        torch.testing.assert_close(compiled(x, weight, bias), plain(x, weight, bias), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_norm_simnorm_is_exact_for_groups_far_below_the_rest_and_keeps_nan(fused_backend):
+    x = torch.zeros(2, 16)
+    x[:, :8] = torch.linspace(0, 1, 8)
+    x[0, 3] = float("nan")
+    weight, bias = torch.ones(16), torch.zeros(16)
+    bias[8:] = -500 + torch.linspace(0, 2, 8)  # the second group lies 500 below the first
+    out = kernels.norm_simnorm(x, weight, bias, 1e-5, 8, fused=True)
+    assert out[0].isnan().all()  # LayerNorm spreads the NaN over the row, as in plain PyTorch
+    torch.testing.assert_close(out[1], plain_norm_simnorm(x[1:], weight, bias)[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out[1, 8:].sum(), torch.tensor(1.0))
+
+
 def test_dropped_positions_are_distinct_in_range_and_at_the_rate():
     torch.manual_seed(0)
     n, p = 200_000, 0.01

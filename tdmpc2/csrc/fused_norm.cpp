@@ -1,16 +1,21 @@
-// Fused LayerNorm + affine + Mish for float32 CPU tensors: the hidden block of every TD-MPC2 MLP.
-//
-// One pass per row keeps the row in L1: its mean and variance, then the normalised value, the
-// affine and Mish (and, for training, Mish's derivative and the normalised input, which the
-// backward pass needs). Loops are plain arithmetic so that the compiler vectorises them; exp is
-// a Cody-Waite reduction plus a degree-6 polynomial (Cephes expf, about 1 ulp).
-//
-// Layout: x is (G, M, H) contiguous with weight/bias (G, 1, H) (one affine per ensemble member)
-// or (1, 1, H) (shared). Built at first use by tdmpc2/native.py.
+// Fused LayerNorm + affine + activation kernels for float32 CPU tensors, the normalised blocks of
+// every TD-MPC2 network:
+//   norm_mish*     Mish(LayerNorm(x) * w + b), the hidden block of every MLP and of the Q ensemble;
+//                  x is (G, M, H) contiguous with weight/bias (G, 1, H) (one affine per ensemble
+//                  member) or (1, 1, H) (shared).
+//   norm_simnorm*  SimNorm(LayerNorm(x) * w + b), the last block of the encoder and the dynamics:
+//                  a softmax inside consecutive groups of `group` features; x is (R, H), weight and
+//                  bias (H,).
+// Each row is handled while it sits in L1: its mean and variance, then the normalised value, the
+// affine and the activation (and, for training, what the backward pass needs). Loops are plain
+// arithmetic so that the compiler vectorises them; exp is a Cody-Waite reduction plus a degree-6
+// polynomial (Cephes expf, about 1 ulp). Built at first use by tdmpc2/native.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <mutex>
 #include <vector>
 
@@ -200,16 +205,149 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_mish_backward(
   return {gx, gw, gb};
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm + affine + SimNorm
+
+void check_simnorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t group, const char* what) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 2,
+              what, ": expects a contiguous float32 CPU tensor (R, H), got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(w.is_contiguous() && b.is_contiguous() && w.dim() == 1 && w.sizes() == b.sizes() && w.size(0) == x.size(1),
+              what, ": weight and bias must be contiguous (H,), got ", w.sizes(), " and ", b.sizes());
+  TORCH_CHECK(group > 0 && x.size(1) % group == 0, what, ": ", x.size(1), " features do not split into groups of ", group);
+}
+
+// Softmax of v inside each group, written to y; `scratch` holds H floats.
+inline void group_softmax(const float* v, int64_t h, int64_t group, float* scratch, float* y) {
+  for (int64_t g = 0; g < h; g += group) {  // each element's shift: the maximum of its group
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = g; i < g + group; ++i) m = v[i] > m ? v[i] : m;
+    for (int64_t i = g; i < g + group; ++i) scratch[i] = m;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < h; ++i) y[i] = exp_small(v[i] - scratch[i]);
+  for (int64_t g = 0; g < h; g += group) {
+    float s = 0.0f;
+    for (int64_t i = g; i < g + group; ++i) s += y[i];
+    const float inv = 1.0f / s;
+    for (int64_t i = g; i < g + group; ++i) y[i] *= inv;
+  }
+}
+
+// Forward of rows [begin, end): y = SimNorm(xhat * w + b); xhat and rstd are stored when given.
+void norm_simnorm_rows(const float* xp, const float* wp, const float* bp, float eps, int64_t h, int64_t group,
+                       int64_t begin, int64_t end, float* yp, float* hp, float* sp) {
+  std::vector<float> v(h), scratch(h);
+  for (int64_t r = begin; r < end; ++r) {
+    const float* xr = xp + r * h;
+    float mean, rs;
+    row_stats(xr, h, eps, mean, rs);
+#pragma omp simd
+    for (int64_t i = 0; i < h; ++i) v[i] = (xr[i] - mean) * rs;
+    if (hp != nullptr) {
+      std::memcpy(hp + r * h, v.data(), h * sizeof(float));
+      sp[r] = rs;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < h; ++i) v[i] = v[i] * wp[i] + bp[i];
+    group_softmax(v.data(), h, group, scratch.data(), yp + r * h);
+  }
+}
+
+at::Tensor norm_simnorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps, int64_t group) {
+  check_simnorm(x, w, b, group, "norm_simnorm");
+  at::Tensor y = at::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+    norm_simnorm_rows(xp, wp, bp, static_cast<float>(eps), x.size(1), group, begin, end, yp, nullptr, nullptr);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_simnorm_train(
+    const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps, int64_t group) {
+  check_simnorm(x, w, b, group, "norm_simnorm_train");
+  at::Tensor y = at::empty_like(x), xhat = at::empty_like(x), rstd = at::empty({x.size(0), 1}, x.options());
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *hp = xhat.data_ptr<float>(), *sp = rstd.data_ptr<float>();
+  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+    norm_simnorm_rows(xp, wp, bp, static_cast<float>(eps), x.size(1), group, begin, end, yp, hp, sp);
+  });
+  return {y, xhat, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_simnorm_backward(
+    const at::Tensor& grad_in, const at::Tensor& y, const at::Tensor& xhat, const at::Tensor& rstd,
+    const at::Tensor& w, int64_t group, bool param_grads) {
+  const at::Tensor grad = grad_in.contiguous();
+  check_simnorm(xhat, w, w, group, "norm_simnorm_backward");
+  TORCH_CHECK(grad.sizes() == xhat.sizes() && y.sizes() == xhat.sizes() && y.is_contiguous() && rstd.is_contiguous(),
+              "norm_simnorm_backward: gradient and saved tensors must match, got ", grad.sizes(), " and ", xhat.sizes());
+  const int64_t h = xhat.size(1);
+  at::Tensor gx = at::empty_like(xhat), gw = at::zeros_like(w), gb = at::zeros_like(w);
+  const float *gp = grad.data_ptr<float>(), *yp = y.data_ptr<float>(), *hp = xhat.data_ptr<float>();
+  const float *sp = rstd.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float *gxp = gx.data_ptr<float>(), *gwp = gw.data_ptr<float>(), *gbp = gb.data_ptr<float>();
+  std::mutex lock;
+  at::parallel_for(0, xhat.size(0), 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> gs(h), acc_w(param_grads ? h : 0, 0.0f), acc_b(param_grads ? h : 0, 0.0f);
+    for (int64_t r = begin; r < end; ++r) {
+      const float *gr = gp + r * h, *yr = yp + r * h, *hr = hp + r * h;
+      // Softmax backward inside each group: y * (g - sum(g * y)).
+      for (int64_t g = 0; g < h; g += group) {
+        float dot = 0.0f;
+        for (int64_t i = g; i < g + group; ++i) dot += gr[i] * yr[i];
+        for (int64_t i = g; i < g + group; ++i) gs[i] = yr[i] * (gr[i] - dot);
+      }
+      if (param_grads) {
+#pragma omp simd
+        for (int64_t i = 0; i < h; ++i) {
+          acc_w[i] += gs[i] * hr[i];
+          acc_b[i] += gs[i];
+        }
+      }
+      float m1 = 0.0f, m2 = 0.0f;
+#pragma omp simd reduction(+ : m1, m2)
+      for (int64_t i = 0; i < h; ++i) {
+        const float gxh = gs[i] * wp[i];
+        m1 += gxh;
+        m2 += gxh * hr[i];
+      }
+      m1 /= static_cast<float>(h);
+      m2 /= static_cast<float>(h);
+      const float rs = sp[r];
+      float* gxr = gxp + r * h;
+#pragma omp simd
+      for (int64_t i = 0; i < h; ++i) gxr[i] = rs * (gs[i] * wp[i] - m1 - hr[i] * m2);
+    }
+    if (param_grads) {
+      std::lock_guard<std::mutex> guard(lock);
+      for (int64_t i = 0; i < h; ++i) {
+        gwp[i] += acc_w[i];
+        gbp[i] += acc_b[i];
+      }
+    }
+  });
+  return {gx, gw, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tdmpc2_native, m) {
   m.def("norm_mish(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
   m.def("norm_mish_train(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("norm_mish_backward(Tensor grad, Tensor derivative, Tensor xhat, Tensor rstd, Tensor weight, bool param_grads) -> (Tensor, Tensor, Tensor)");
+  m.def("norm_simnorm(Tensor x, Tensor weight, Tensor bias, float eps, int group) -> Tensor");
+  m.def("norm_simnorm_train(Tensor x, Tensor weight, Tensor bias, float eps, int group) -> (Tensor, Tensor, Tensor)");
+  m.def("norm_simnorm_backward(Tensor grad, Tensor y, Tensor xhat, Tensor rstd, Tensor weight, int group, bool param_grads) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(tdmpc2_native, CPU, m) {
   m.impl("norm_mish", &norm_mish);
   m.impl("norm_mish_train", &norm_mish_train);
   m.impl("norm_mish_backward", &norm_mish_backward);
+  m.impl("norm_simnorm", &norm_simnorm);
+  m.impl("norm_simnorm_train", &norm_simnorm_train);
+  m.impl("norm_simnorm_backward", &norm_simnorm_backward);
 }
