@@ -109,59 +109,91 @@ class TDMPC2:
         action, info = self.model.pi(z)
         return (info["mean"] if eval_mode else action)[0].cpu()
 
-    def _estimate_value(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Return the value ``(N, 1)`` of action sequences ``(H, N, A)`` from latents ``z`` (no gradient)."""
-        # A `with` block, not the no_grad decorator: compiled, the decorator's shared wrapper frame
-        # would pool the compile caches of every decorated method.
+    def _rollout_returns(self, z: torch.Tensor, actions: torch.Tensor):
+        """Return ``(returns, weight, z_H)`` of action sequences ``(H, N, A)`` from latents ``z`` (no gradient).
+
+        ``returns`` ``(N, 1)`` sums the discounted predicted rewards, ``weight``
+        ``(N, 1)`` is the discount (times survival, for episodic tasks) that the
+        value at the last latents ``z_H`` gets.
+        """
         with torch.no_grad():
-            value = torch.zeros(z.shape[0], 1, device=z.device)
+            returns = torch.zeros(z.shape[0], 1, device=z.device)
             discount = 1.0
-            alive = torch.ones_like(value)
+            alive = torch.ones_like(returns)
             for t in range(self.cfg.horizon):
                 reward = tmath.two_hot_inv(self.model.reward(z, actions[t]), self.bins)
                 z = self.model.next(z, actions[t])
-                value = value + discount * alive * reward
+                returns = returns + discount * alive * reward
                 discount *= self.discount
                 if self.cfg.episodic:
                     alive = alive * (self.model.termination(z) <= 0.5).float()
+            return returns, discount * alive, z
+
+    def _estimate_value(self, z: torch.Tensor, actions: torch.Tensor, known=None) -> torch.Tensor:
+        """Return the values ``(K + N, 1)`` of action sequences ``(H, N, A)`` from latents ``z`` (no gradient).
+
+        ``known`` is the :meth:`_rollout_returns` output of ``K`` sequences
+        rolled out before; their values come first. The value of a sequence is
+        its discounted rewards plus the discounted Q of a policy action at its end.
+        """
+        with torch.no_grad():
+            returns, weight, z = self._rollout_returns(z, actions)
+            if known is not None:
+                returns, weight, z = (torch.cat(pair) for pair in zip(known, (returns, weight, z)))
             action, _ = self.model.pi(z)
-            return value + discount * alive * self.model.Q(z, action, "avg")
+            return returns + weight * self.model.Q(z, action, "avg")
 
     @torch.no_grad()
     def plan(self, obs: torch.Tensor, t0: bool = False, eval_mode: bool = False) -> torch.Tensor:
         """Return the first action ``(A,)`` of the MPPI plan for a batch of one observation."""
-        cfg = self.cfg
-        H, N, P, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, cfg.action_dim
+        H, A = self.cfg.horizon, self.cfg.action_dim
         z = self.model.encode(obs)
-        actions = torch.empty(H, N, A, device=self.device)
-        if P > 0:
-            zp = z.expand(P, -1)
-            for t in range(H):
-                actions[t, :P], _ = self.model.pi(zp)
-                if t < H - 1:
-                    zp = self.model.next(zp, actions[t, :P])
-        z = z.expand(N, -1)
         mean = torch.zeros(H, A, device=self.device)
-        std = torch.full((H, A), cfg.max_std, device=self.device)
         if not t0:
-            mean[:-1] = self._prev_mean[1:]
-        for _ in range(cfg.iterations):
-            noise = torch.randn(H, N - P, A, device=self.device)
-            actions[:, P:] = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(-1, 1)
-            value = self._estimate_value(z, actions).nan_to_num(0.0).squeeze(1)
-            elite_value, elite_idx = torch.topk(value, cfg.num_elites)
-            elite_actions = actions[:, elite_idx]
-            score = torch.exp(cfg.temperature * (elite_value - elite_value.max()))
-            score = score / score.sum()
-            mean = (score[None, :, None] * elite_actions).sum(1)
-            std = ((score[None, :, None] * (elite_actions - mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
-            std = std.clamp(cfg.min_std, cfg.max_std)
-        chosen = elite_actions[:, torch.multinomial(score, 1)[0]]
+            mean[:-1] = self._prev_mean[1:]  # warm start: the previous plan, shifted by one step
+        mean, std, chosen = self._mppi(z, mean)
         self._prev_mean.copy_(mean)
         action = chosen[0]
         if not eval_mode:
             action = action + std[0] * torch.randn(A, device=self.device)
         return action.clamp(-1, 1)
+
+    def _mppi(self, z: torch.Tensor, mean: torch.Tensor):
+        """Return ``(mean, std, chosen)``, each ``(H, A)``: the MPPI iterations from latent ``z`` ``(1, L)``.
+
+        ``mean`` is the initial mean of the sampling distribution; ``chosen``
+        is one elite sequence drawn by its score.
+        """
+        cfg = self.cfg
+        H, N, P, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, cfg.action_dim
+        # A `with` block, not the no_grad decorator: compiled, the decorator's shared wrapper frame
+        # would pool the compile caches of every decorated method.
+        with torch.no_grad():
+            known, policy_actions = None, torch.empty(H, 0, A, device=z.device)
+            if P > 0:
+                zp, steps = z.expand(P, -1), []
+                for t in range(H):
+                    steps.append(self.model.pi(zp)[0])
+                    if t < H - 1:
+                        zp = self.model.next(zp, steps[-1])
+                policy_actions = torch.stack(steps)
+                # The policy trajectories stay the same in every iteration: their rollout is computed once.
+                known = self._rollout_returns(z.expand(P, -1), policy_actions)
+            z = z.expand(N - P, -1)
+            std = torch.full((H, A), cfg.max_std, device=z.device)
+            for _ in range(cfg.iterations):
+                noise = torch.randn(H, N - P, A, device=z.device)
+                sampled = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(-1, 1)
+                value = self._estimate_value(z, sampled, known).nan_to_num(0.0).squeeze(1)
+                elite_value, elite_idx = torch.topk(value, cfg.num_elites)
+                elite_actions = torch.cat([policy_actions, sampled], 1)[:, elite_idx]
+                score = torch.exp(cfg.temperature * (elite_value - elite_value.max()))
+                score = score / score.sum()
+                mean = (score[None, :, None] * elite_actions).sum(1)
+                std = ((score[None, :, None] * (elite_actions - mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
+                std = std.clamp(cfg.min_std, cfg.max_std)
+            chosen = elite_actions.index_select(1, torch.multinomial(score, 1)).squeeze(1)
+            return mean, std, chosen
 
     # -- learning -----------------------------------------------------------
     def _rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -213,18 +245,18 @@ class TDMPC2:
         * the hidden blocks of every MLP, the Q ensemble and extension heads
           (LayerNorm, affine, Mish) run as fused kernels, native C++ on CPU
           (``layers.use_compiled_kernels``, ``tdmpc2.native``);
-        * ``torch.compile`` of the gradient-free parts: the MPPI value
-          estimate (:meth:`_estimate_value`) and the TD target (:meth:`_td_target`).
+        * ``torch.compile`` of the model losses with their backward pass
+          (:meth:`_losses`, the TD target included), of the policy objective
+          (:meth:`_pi_terms`) and of the MPPI iterations (:meth:`_mppi`).
 
-        The losses and their backward pass stay eager (compiled whole they
-        measured no faster on CPU, scripts/bench.py), as do the optimizer
-        steps and the MPPI loop. Each compiled function falls back to eager
-        code, with a warning, if compiling it fails.
+        The optimizer steps stay eager. Each compiled
+        function falls back to eager code, with a warning, if compiling it fails.
         """
         layers.use_compiled_kernels(self.model)
         layers.use_compiled_kernels(self.extra_losses)
-        self._estimate_value = kernels.CompileWithFallback(self._estimate_value)
-        self._td_target = kernels.CompileWithFallback(self._td_target)
+        self._losses = kernels.CompileWithFallback(self._losses)
+        self._pi_terms = kernels.CompileWithFallback(self._pi_terms)
+        self._mppi = kernels.CompileWithFallback(self._mppi)
 
     def _td_target(self, next_z: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
         """Return the TD targets ``r + discount * (1 - terminated) * Q_target(z', pi(z'))`` (min of two members)."""
@@ -276,16 +308,24 @@ class TDMPC2:
             metrics.update(info)
         return total, metrics, live
 
-    def _update_pi(self, zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update the policy prior on detached latents ``(H+1, B, L)``; return its loss and entropy."""
+    def _pi_terms(self, zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(Q, scaled entropy, entropy)`` of policy samples at latents ``zs``, each ``(H+1, B, 1)``.
+
+        Q is the mean of two members, with weights that receive no gradient.
+        """
         action, info = self.model.pi(zs)
         q = self.model.Q(zs, action, "avg", detach=True)
+        return q, info["scaled_entropy"], info["entropy"]
+
+    def _update_pi(self, zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update the policy prior on detached latents ``(H+1, B, L)``; return its loss and entropy."""
+        q, scaled_entropy, entropy = self._pi_terms(zs)
         self.scale.update(q[0])
         q = self.scale(q)
         rho = self._rho[: zs.shape[0]]
-        loss = (-(self.cfg.entropy_coef * info["scaled_entropy"] + q).mean((1, 2)) * rho).mean()
+        loss = (-(self.cfg.entropy_coef * scaled_entropy + q).mean((1, 2)) * rho).mean()
         self.pi_optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.policy_parameters(), self.cfg.grad_clip_norm)
         self.pi_optim.step()
-        return loss.detach(), info["entropy"].mean().detach()
+        return loss.detach(), entropy.mean().detach()

@@ -48,6 +48,7 @@ def _build() -> bool:
         verbose=False,
     )
     _register_fake_kernels()
+    _register_autograd()
     return True
 
 
@@ -78,6 +79,37 @@ def _register_fake_kernels() -> None:
     @torch.library.register_fake("tdmpc2_native::norm_simnorm_backward")
     def _(grad, y, xhat, rstd, weight, group, param_grads):
         return torch.empty_like(xhat), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _register_autograd() -> None:
+    """Make ``norm_mish_train`` and ``norm_simnorm_train`` differentiable (through their first output),
+    in eager code and in compiled code alike; the backward kernels need the saved outputs."""
+    ops = torch.ops.tdmpc2_native
+
+    def save_norm_mish(ctx, inputs, output):
+        _, derivative, xhat, rstd = output
+        ctx.save_for_backward(derivative, xhat, rstd, inputs[1])
+
+    def norm_mish_backward(ctx, grad, *_):
+        derivative, xhat, rstd, weight = ctx.saved_tensors
+        param_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_x, grad_w, grad_b = ops.norm_mish_backward(grad.contiguous(), derivative, xhat, rstd, weight, param_grads)
+        return grad_x, grad_w if param_grads else None, grad_b if param_grads else None, None
+
+    def save_norm_simnorm(ctx, inputs, output):
+        y, xhat, rstd = output
+        ctx.group = inputs[4]
+        ctx.save_for_backward(y, xhat, rstd, inputs[1])
+
+    def norm_simnorm_backward(ctx, grad, *_):
+        y, xhat, rstd, weight = ctx.saved_tensors
+        param_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_x, grad_w, grad_b = ops.norm_simnorm_backward(grad.contiguous(), y, xhat, rstd, weight, ctx.group, param_grads)
+        return grad_x, grad_w if param_grads else None, grad_b if param_grads else None, None, None
+
+    torch.library.register_autograd("tdmpc2_native::norm_mish_train", norm_mish_backward, setup_context=save_norm_mish)
+    torch.library.register_autograd("tdmpc2_native::norm_simnorm_train", norm_simnorm_backward,
+                                    setup_context=save_norm_simnorm)
 
 
 @torch.compiler.assume_constant_result

@@ -7,6 +7,8 @@ stage, 32x32 images, batch 4) so that every backward pass costs milliseconds.
 """
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 
 import pytest
@@ -377,3 +379,16 @@ def test_every_core_loss_is_a_gating_row():
 def test_agent_rejects_a_non_bool_row_from_the_command_line():
     with pytest.raises(ValueError, match=r"gating\.value must be true or false"):
         build(["variant=pjepa", *SMALL, "gating.value=1"])
+
+
+def test_compiled_pjepa_agent_updates_and_plans(monkeypatch):
+    # The losses of the extension are traced with the core's (torch.compile of the whole model loss).
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg, agent, _ = build(["variant=pjepa", *SMALL, "decoder=true", "num_samples=32", "num_elites=4",
+                           "num_pi_trajs=4", "iterations=2"])
+    agent.compile()
+    metrics = agent.update(synthetic_batch(cfg))
+    assert {"auxiliary_loss", "decoder_loss"} <= set(metrics) and all(math.isfinite(v) for v in metrics.values())
+    assert not any(f.failed for f in (agent._losses, agent._pi_terms))
+    action = agent.act(synthetic_batch(cfg)["obs"][0, 0], t0=True)
+    assert action.shape == (cfg.action_dim,) and not agent._mppi.failed
