@@ -249,8 +249,8 @@ class TDMPC2:
           (:meth:`_losses`, the TD target included), of the policy objective
           (:meth:`_pi_terms`) and of the MPPI iterations (:meth:`_mppi`).
 
-        The optimizer steps stay eager. Each compiled
-        function falls back to eager code, with a warning, if compiling it fails.
+        The optimizer steps stay eager. Each compiled function falls back to
+        eager code, with a warning, if compiling it fails.
         """
         layers.use_compiled_kernels(self.model)
         layers.use_compiled_kernels(self.extra_losses)

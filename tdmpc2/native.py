@@ -43,7 +43,7 @@ def _build() -> bool:
     load(
         name=f"tdmpc2_native_{capability.lower()}",
         sources=[str(_SOURCE)],
-        extra_cflags=["-O3", "-fopenmp-simd", *_ISA_FLAGS[capability]],
+        extra_cflags=["-O3", "-fopenmp-simd", "-fno-trapping-math", *_ISA_FLAGS[capability]],
         is_python_module=False,
         verbose=False,
     )
@@ -61,12 +61,11 @@ def _register_fake_kernels() -> None:
 
     @torch.library.register_fake("tdmpc2_native::norm_mish_train")
     def _(x, weight, bias, eps):
-        return (torch.empty_like(x), torch.empty_like(x), torch.empty_like(x),
-                x.new_empty((x.shape[0], x.shape[1], 1)))
+        return torch.empty_like(x), torch.empty_like(x), x.new_empty((x.shape[0], x.shape[1], 2))
 
     @torch.library.register_fake("tdmpc2_native::norm_mish_backward")
-    def _(grad, derivative, xhat, rstd, weight, param_grads):
-        return torch.empty_like(xhat), torch.empty_like(weight), torch.empty_like(weight)
+    def _(grad, derivative, x, stats, weight, param_grads):
+        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
 
     @torch.library.register_fake("tdmpc2_native::norm_simnorm")
     def _(x, weight, bias, eps, group):
@@ -87,13 +86,13 @@ def _register_autograd() -> None:
     ops = torch.ops.tdmpc2_native
 
     def save_norm_mish(ctx, inputs, output):
-        _, derivative, xhat, rstd = output
-        ctx.save_for_backward(derivative, xhat, rstd, inputs[1])
+        _, derivative, stats = output
+        ctx.save_for_backward(derivative, inputs[0], stats, inputs[1])
 
     def norm_mish_backward(ctx, grad, *_):
-        derivative, xhat, rstd, weight = ctx.saved_tensors
+        derivative, x, stats, weight = ctx.saved_tensors
         param_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        grad_x, grad_w, grad_b = ops.norm_mish_backward(grad.contiguous(), derivative, xhat, rstd, weight, param_grads)
+        grad_x, grad_w, grad_b = ops.norm_mish_backward(grad.contiguous(), derivative, x, stats, weight, param_grads)
         return grad_x, grad_w if param_grads else None, grad_b if param_grads else None, None
 
     def save_norm_simnorm(ctx, inputs, output):

@@ -111,66 +111,76 @@ at::Tensor norm_mish(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_mish_train(
+// Training forward: y, Mish's derivative at the pre-activation, and each row's (mean, rstd). The
+// backward pass recomputes the normalised input from x and these statistics, rather than have the
+// forward pass write it (a third full-size array).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_mish_train(
     const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
   const Layout l = check(x, w, b, "norm_mish_train");
-  at::Tensor y = at::empty_like(x), dy = at::empty_like(x), xhat = at::empty_like(x);
-  at::Tensor rstd = at::empty({x.size(0), x.size(1), 1}, x.options());
+  at::Tensor y = at::empty_like(x), dy = at::empty_like(x);
+  at::Tensor stats = at::empty({x.size(0), x.size(1), 2}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const float* bp = b.data_ptr<float>();
-  float *yp = y.data_ptr<float>(), *dp = dy.data_ptr<float>(), *hp = xhat.data_ptr<float>(), *sp = rstd.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *dp = dy.data_ptr<float>(), *sp = stats.data_ptr<float>();
   const int64_t h = l.h;
   at::parallel_for(0, l.rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* xr = xp + r * h;
       const float* wr = wp + (r / l.rows_per_group) * h;
       const float* br = bp + (r / l.rows_per_group) * h;
-      float *yr = yp + r * h, *dr = dp + r * h, *hr = hp + r * h;
+      float *yr = yp + r * h, *dr = dp + r * h;
       float mean, rs;
       row_stats(xr, h, static_cast<float>(eps), mean, rs);
-      sp[r] = rs;
+      sp[2 * r] = mean;
+      sp[2 * r + 1] = rs;
 #pragma omp simd
-      for (int64_t i = 0; i < h; ++i) {
-        const float xh = (xr[i] - mean) * rs;
-        hr[i] = xh;
-        mish_and_derivative(xh * wr[i] + br[i], yr[i], dr[i]);
-      }
+      for (int64_t i = 0; i < h; ++i) mish_and_derivative((xr[i] - mean) * rs * wr[i] + br[i], yr[i], dr[i]);
     }
   });
-  return {y, dy, xhat, rstd};
+  return {y, dy, stats};
 }
 
-// Input gradient of one row: LayerNorm backward, rstd * (g - mean(g) - xhat * mean(g * xhat)),
-// with g = grad * mish'(pre) * weight the gradient at the normalised input.
-inline void row_backward(const float* g, const float* d, const float* xh, float rs, const float* w, int64_t h,
-                         float* gx) {
+// Gradients of one row. Input: LayerNorm backward, rstd * (g - mean(g) - xhat * mean(g * xhat)),
+// with g = grad * mish'(pre) * weight the gradient at the normalised input xhat = (x - mean) * rstd.
+// Parameters (when aw is given): aw += grad * mish'(pre) * xhat, ab += grad * mish'(pre).
+inline void row_backward(const float* g, const float* d, const float* x, float mean, float rs, const float* w,
+                         int64_t h, float* gx, float* aw, float* ab) {
   float m1 = 0.0f, m2 = 0.0f;
 #pragma omp simd reduction(+ : m1, m2)
   for (int64_t i = 0; i < h; ++i) {
     const float gxh = g[i] * d[i] * w[i];
     m1 += gxh;
-    m2 += gxh * xh[i];
+    m2 += gxh * ((x[i] - mean) * rs);
   }
   m1 /= static_cast<float>(h);
   m2 /= static_cast<float>(h);
 #pragma omp simd
-  for (int64_t i = 0; i < h; ++i) gx[i] = rs * (g[i] * d[i] * w[i] - m1 - xh[i] * m2);
+  for (int64_t i = 0; i < h; ++i) gx[i] = rs * (g[i] * d[i] * w[i] - m1 - ((x[i] - mean) * rs) * m2);
+  if (aw != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < h; ++i) {
+      const float gpre = g[i] * d[i];
+      aw[i] += gpre * ((x[i] - mean) * rs);
+      ab[i] += gpre;
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_mish_backward(
-    const at::Tensor& grad_in, const at::Tensor& dy, const at::Tensor& xhat, const at::Tensor& rstd,
+    const at::Tensor& grad_in, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& stats,
     const at::Tensor& w, bool param_grads) {
   const at::Tensor grad = grad_in.contiguous();
-  const Layout l = check(xhat, w, w, "norm_mish_backward");
-  TORCH_CHECK(grad.sizes() == xhat.sizes() && dy.sizes() == xhat.sizes() && dy.is_contiguous() && rstd.is_contiguous(),
-              "norm_mish_backward: gradient and saved tensors must match, got ", grad.sizes(), " and ", xhat.sizes());
-  at::Tensor gx = at::empty_like(xhat);
+  const Layout l = check(x, w, w, "norm_mish_backward");
+  TORCH_CHECK(grad.sizes() == x.sizes() && dy.sizes() == x.sizes() && dy.is_contiguous() && stats.is_contiguous() &&
+              stats.numel() == 2 * l.rows,
+              "norm_mish_backward: gradient and saved tensors must match, got ", grad.sizes(), " and ", x.sizes());
+  at::Tensor gx = at::empty_like(x);
   const int64_t h = l.h, groups = w.size(0);
   // Parameter gradients: each thread sums its rows, then adds its sums under a lock.
   at::Tensor gw = at::zeros_like(w), gb = at::zeros_like(w);
-  const float *gp = grad.data_ptr<float>(), *dp = dy.data_ptr<float>(), *hp = xhat.data_ptr<float>();
-  const float *sp = rstd.data_ptr<float>(), *wp = w.data_ptr<float>();
+  const float *gp = grad.data_ptr<float>(), *dp = dy.data_ptr<float>(), *xp = x.data_ptr<float>();
+  const float *sp = stats.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* gxp = gx.data_ptr<float>();
   float *gwp = gw.data_ptr<float>(), *gbp = gb.data_ptr<float>();
   std::mutex lock;
@@ -182,17 +192,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_mish_backward(
     }
     for (int64_t r = begin; r < end; ++r) {
       const int64_t g = r / l.rows_per_group;
-      const float *gr = gp + r * h, *dr = dp + r * h, *hr = hp + r * h, *wr = wp + g * h;
-      row_backward(gr, dr, hr, sp[r], wr, h, gxp + r * h);
-      if (param_grads) {
-        float *aw = acc_w.data() + g * h, *ab = acc_b.data() + g * h;
-#pragma omp simd
-        for (int64_t i = 0; i < h; ++i) {
-          const float gpre = gr[i] * dr[i];
-          aw[i] += gpre * hr[i];
-          ab[i] += gpre;
-        }
-      }
+      row_backward(gp + r * h, dp + r * h, xp + r * h, sp[2 * r], sp[2 * r + 1], wp + g * h, h, gxp + r * h,
+                   param_grads ? acc_w.data() + g * h : nullptr, param_grads ? acc_b.data() + g * h : nullptr);
     }
     if (param_grads) {
       std::lock_guard<std::mutex> guard(lock);
@@ -204,7 +205,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_mish_backward(
   });
   return {gx, gw, gb};
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // LayerNorm + affine + SimNorm
@@ -336,8 +336,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_simnorm_backward(
 
 TORCH_LIBRARY(tdmpc2_native, m) {
   m.def("norm_mish(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
-  m.def("norm_mish_train(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("norm_mish_backward(Tensor grad, Tensor derivative, Tensor xhat, Tensor rstd, Tensor weight, bool param_grads) -> (Tensor, Tensor, Tensor)");
+  m.def("norm_mish_train(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("norm_mish_backward(Tensor grad, Tensor derivative, Tensor x, Tensor stats, Tensor weight, bool param_grads) -> (Tensor, Tensor, Tensor)");
   m.def("norm_simnorm(Tensor x, Tensor weight, Tensor bias, float eps, int group) -> Tensor");
   m.def("norm_simnorm_train(Tensor x, Tensor weight, Tensor bias, float eps, int group) -> (Tensor, Tensor, Tensor)");
   m.def("norm_simnorm_backward(Tensor grad, Tensor y, Tensor xhat, Tensor rstd, Tensor weight, int group, bool param_grads) -> (Tensor, Tensor, Tensor)");
