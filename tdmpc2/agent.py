@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from tdmpc2 import kernels, layers
+from tdmpc2 import kernels, layers, native
 from tdmpc2 import math as tmath
 from tdmpc2.gating import GradientGating
 from tdmpc2.scale import RunningScale
@@ -252,6 +252,8 @@ class TDMPC2:
         The optimizer steps stay eager. Each compiled function falls back to
         eager code, with a warning, if compiling it fails.
         """
+        if self.device.type == "cpu":
+            native.available()  # build (or load) the native kernels now, not while tracing
         layers.use_compiled_kernels(self.model)
         layers.use_compiled_kernels(self.extra_losses)
         self._losses = kernels.CompileWithFallback(self._losses)

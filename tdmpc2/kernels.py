@@ -10,7 +10,7 @@ matrix products are as fast as they go.
   ``n = e^x (e^x + 2)`` (a single ``exp``), fused with the LayerNorm; the
   forward kernel also writes the derivative, so the backward kernel needs no
   ``exp``. On CPU the fused LayerNorm + Mish is the native C++ kernel of
-  :mod:`tdmpc2.native` (one pass per row, measured 1.5-2x faster than the
+  :mod:`tdmpc2.native` (one pass per row, measured 1.2-2x faster than the
   generated code and with far less call overhead); elsewhere, or if it cannot
   be built, ``torch.compile``-d kernels with dynamic sizes, compiled on first
   use (once per process and shape rank; inductor caches them on disk). If
