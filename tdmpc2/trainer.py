@@ -129,6 +129,7 @@ class OnlineTrainer:
         self._episode_rewards: list[float] = []
         self._last_log = (time.time(), 0, 0)
         self._stop = False
+        self._last_eval: tuple[int, int] | None = None
         self.short_episodes = 0
 
     # -- helpers ------------------------------------------------------------
@@ -163,6 +164,7 @@ class OnlineTrainer:
         return {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes))}
 
     def _log_eval(self) -> None:
+        self._last_eval = (self.step, self.agent.num_updates)
         row = {"step": self.step, "updates": self.agent.num_updates, **self.evaluate(), "elapsed": self.elapsed}
         self.logger.log("eval", row)
 
@@ -248,7 +250,7 @@ class OnlineTrainer:
                              f"{self.agent.num_updates:,} updates")
         for hook in self.hooks:
             hook.on_end(self)
-        if cfg.eval_episodes:
-            self._log_eval()
+        if cfg.eval_episodes and self._last_eval != (self.step, self.agent.num_updates):
+            self._log_eval()  # unless the periodic evaluation just saw this very agent
         path = self.save("final")
         self.logger.info(f"final checkpoint: {path}")

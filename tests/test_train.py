@@ -201,6 +201,17 @@ def test_seeding_shorter_than_an_episode_is_rejected_or_works(builders, tmp_path
     assert (tmp_path / "final.pt").is_file()
 
 
+@pytest.mark.parametrize("eval_freq, steps", [(115, [115, 230]), (100, [100, 200, 230])])
+def test_trainer_evaluates_periodically_and_once_at_the_end(builders, tmp_path, eval_freq, steps):
+    cfg = trainer_config(builders, "steps=230", "seed_steps=200", "pretrain_updates=2", "save_freq=0",
+                         "log_freq=1000", f"eval_freq={eval_freq}")
+    env, eval_env = make_task_env(cfg, 0), make_task_env(cfg, 1)
+    cfg = resolve(cfg, env.task_info)
+    buffer = EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, seed=0)
+    OnlineTrainer(cfg, env, eval_env, builders.make_agent(cfg), buffer, Logger(tmp_path, quiet=True), tmp_path).train()
+    assert pd.read_csv(tmp_path / "eval.csv")["step"].tolist() == steps
+
+
 def test_trainer_in_process_seeds_pretrains_and_logs(builders, tmp_path):
     cfg = trainer_config(builders, "steps=230", "seed_steps=200", "pretrain_updates=10", "save_freq=100", "log_freq=10")
     env, eval_env = make_task_env(cfg, 0), make_task_env(cfg, 1)
