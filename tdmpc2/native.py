@@ -2,13 +2,12 @@
 
 :func:`available` builds them and says whether the fused LayerNorm + affine +
 Mish and LayerNorm + affine + SimNorm kernels (``torch.ops.tdmpc2_native``:
-``norm_mish*``, ``norm_simnorm*``) can be used; when they
-cannot be built (no compiler, no ninja, a non-x86 machine) callers use the
-``torch.compile`` kernels instead. The build takes about 10 s once per machine and
-instruction set; ``torch.utils.cpp_extension`` caches it
-(``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) and
-serialises concurrent builds with a lock file. ``TDMPC2_NATIVE=0`` disables
-the native kernels.
+``norm_mish*``, ``norm_simnorm*``) can be used; when they cannot be built (no
+compiler, no ninja, a CPU without AVX2) callers use the ``torch.compile``
+kernels instead. The build takes about 10 s once per machine and instruction
+set; ``torch.utils.cpp_extension`` caches it (``$TORCH_EXTENSIONS_DIR``, by
+default ``~/.cache/torch_extensions``) and serialises concurrent builds with a
+lock file. ``TDMPC2_NATIVE=0`` disables the native kernels.
 """
 from __future__ import annotations
 
