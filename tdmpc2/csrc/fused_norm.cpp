@@ -88,55 +88,54 @@ Layout check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, cons
   return {rows, x.size(2), groups == 1 ? rows : x.size(1)};
 }
 
+// Forward of rows [begin, end): y = Mish(xhat * w + b). For training (dy given) also Mish's
+// derivative at the pre-activation and each row's (mean, rstd) in stats; the backward pass
+// recomputes the normalised input from x and these statistics rather than have the forward pass
+// write it (a third full-size array).
+void norm_mish_rows(const float* xp, const float* wp, const float* bp, float eps, const Layout& l, int64_t begin,
+                    int64_t end, float* yp, float* dp, float* sp) {
+  const int64_t h = l.h;
+  for (int64_t r = begin; r < end; ++r) {
+    const float* xr = xp + r * h;
+    const float* wr = wp + (r / l.rows_per_group) * h;
+    const float* br = bp + (r / l.rows_per_group) * h;
+    float* yr = yp + r * h;
+    float mean, rs;
+    row_stats(xr, h, eps, mean, rs);
+    if (dp == nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < h; ++i) yr[i] = mish((xr[i] - mean) * rs * wr[i] + br[i]);
+      continue;
+    }
+    float* dr = dp + r * h;
+    sp[2 * r] = mean;
+    sp[2 * r + 1] = rs;
+#pragma omp simd
+    for (int64_t i = 0; i < h; ++i) mish_and_derivative((xr[i] - mean) * rs * wr[i] + br[i], yr[i], dr[i]);
+  }
+}
+
 at::Tensor norm_mish(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
   const Layout l = check(x, w, b, "norm_mish");
   at::Tensor y = at::empty_like(x);
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  const float* bp = b.data_ptr<float>();
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const int64_t h = l.h;
   at::parallel_for(0, l.rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* xr = xp + r * h;
-      const float* wr = wp + (r / l.rows_per_group) * h;
-      const float* br = bp + (r / l.rows_per_group) * h;
-      float* yr = yp + r * h;
-      float mean, rstd;
-      row_stats(xr, h, static_cast<float>(eps), mean, rstd);
-#pragma omp simd
-      for (int64_t i = 0; i < h; ++i) yr[i] = mish((xr[i] - mean) * rstd * wr[i] + br[i]);
-    }
+    norm_mish_rows(xp, wp, bp, static_cast<float>(eps), l, begin, end, yp, nullptr, nullptr);
   });
   return y;
 }
 
-// Training forward: y, Mish's derivative at the pre-activation, and each row's (mean, rstd). The
-// backward pass recomputes the normalised input from x and these statistics, rather than have the
-// forward pass write it (a third full-size array).
+// Training forward: y, Mish's derivative and the row statistics (see norm_mish_rows).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_mish_train(
     const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
   const Layout l = check(x, w, b, "norm_mish_train");
   at::Tensor y = at::empty_like(x), dy = at::empty_like(x);
   at::Tensor stats = at::empty({x.size(0), x.size(1), 2}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  const float* bp = b.data_ptr<float>();
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
   float *yp = y.data_ptr<float>(), *dp = dy.data_ptr<float>(), *sp = stats.data_ptr<float>();
-  const int64_t h = l.h;
   at::parallel_for(0, l.rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* xr = xp + r * h;
-      const float* wr = wp + (r / l.rows_per_group) * h;
-      const float* br = bp + (r / l.rows_per_group) * h;
-      float *yr = yp + r * h, *dr = dp + r * h;
-      float mean, rs;
-      row_stats(xr, h, static_cast<float>(eps), mean, rs);
-      sp[2 * r] = mean;
-      sp[2 * r + 1] = rs;
-#pragma omp simd
-      for (int64_t i = 0; i < h; ++i) mish_and_derivative((xr[i] - mean) * rs * wr[i] + br[i], yr[i], dr[i]);
-    }
+    norm_mish_rows(xp, wp, bp, static_cast<float>(eps), l, begin, end, yp, dp, sp);
   });
   return {y, dy, stats};
 }
