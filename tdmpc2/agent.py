@@ -110,38 +110,37 @@ class TDMPC2:
         return (info["mean"] if eval_mode else action)[0].cpu()
 
     def _rollout_returns(self, z: torch.Tensor, actions: torch.Tensor):
-        """Return ``(returns, weight, z_H)`` of action sequences ``(H, N, A)`` from latents ``z`` (no gradient).
+        """Return ``(returns, weight, z_H)`` of action sequences ``(H, N, A)`` from latents ``z``.
 
         ``returns`` ``(N, 1)`` sums the discounted predicted rewards, ``weight``
         ``(N, 1)`` is the discount (times survival, for episodic tasks) that the
-        value at the last latents ``z_H`` gets.
+        value at the last latents ``z_H`` gets. Called by :meth:`_mppi`, without gradient.
         """
-        with torch.no_grad():
-            returns = torch.zeros(z.shape[0], 1, device=z.device)
-            discount = 1.0
-            alive = torch.ones_like(returns)
-            for t in range(self.cfg.horizon):
-                reward = tmath.two_hot_inv(self.model.reward(z, actions[t]), self.bins)
-                z = self.model.next(z, actions[t])
-                returns = returns + discount * alive * reward
-                discount *= self.discount
-                if self.cfg.episodic:
-                    alive = alive * (self.model.termination(z) <= 0.5).float()
-            return returns, discount * alive, z
+        returns = torch.zeros(z.shape[0], 1, device=z.device)
+        discount = 1.0
+        alive = torch.ones_like(returns)
+        for t in range(self.cfg.horizon):
+            reward = tmath.two_hot_inv(self.model.reward(z, actions[t]), self.bins)
+            z = self.model.next(z, actions[t])
+            returns = returns + discount * alive * reward
+            discount *= self.discount
+            if self.cfg.episodic:
+                alive = alive * (self.model.termination(z) <= 0.5).float()
+        return returns, discount * alive, z
 
     def _estimate_value(self, z: torch.Tensor, actions: torch.Tensor, known=None) -> torch.Tensor:
-        """Return the values ``(K + N, 1)`` of action sequences ``(H, N, A)`` from latents ``z`` (no gradient).
+        """Return the values ``(K + N, 1)`` of action sequences ``(H, N, A)`` from latents ``z``.
 
         ``known`` is the :meth:`_rollout_returns` output of ``K`` sequences
         rolled out before; their values come first. The value of a sequence is
-        its discounted rewards plus the discounted Q of a policy action at its end.
+        its discounted rewards plus the discounted Q of a policy action at its
+        end. Called by :meth:`_mppi`, without gradient.
         """
-        with torch.no_grad():
-            returns, weight, z = self._rollout_returns(z, actions)
-            if known is not None:
-                returns, weight, z = (torch.cat(pair) for pair in zip(known, (returns, weight, z)))
-            action, _ = self.model.pi(z)
-            return returns + weight * self.model.Q(z, action, "avg")
+        returns, weight, z = self._rollout_returns(z, actions)
+        if known is not None:
+            returns, weight, z = (torch.cat(pair) for pair in zip(known, (returns, weight, z)))
+        action, _ = self.model.pi(z)
+        return returns + weight * self.model.Q(z, action, "avg")
 
     @torch.no_grad()
     def plan(self, obs: torch.Tensor, t0: bool = False, eval_mode: bool = False) -> torch.Tensor:

@@ -56,7 +56,7 @@ def set_threads(requested) -> int:
 
 def _compile_default(device: torch.device) -> bool:
     # Measured on CPU (scripts/bench.py --compile, one thread): TDMPC2.compile() makes updates
-    # 1.1-1.3x and MPPI 1.3-1.5x faster than eager, after 10-30 s of one-off compilation.
+    # 1.2-1.5x and MPPI 1.4-1.6x faster than eager, after 10-80 s of one-off compilation.
     # CUDA: on, as in TD-MPC2 (not measured here: no GPU was available).
     return device.type in ("cpu", "cuda")
 
