@@ -17,6 +17,7 @@ from omegaconf import DictConfig, open_dict
 from tensordict import TensorDict
 
 from envs import TaskInfo
+from tdmpc2 import layers
 from tdmpc2.agent import TDMPC2
 from tdmpc2.config import resolve
 
@@ -95,8 +96,24 @@ def make_batch(cfg: DictConfig, batch_size: int | None = None, seed: int = 0) ->
     )
 
 
+def random_ensemble(seed: int = 0) -> layers.EnsembleMLP:
+    """Return a 3-member Q-style ensemble (6 -> 16 -> 16 -> 5) whose parameters are all non-trivial.
+
+    TD-MPC2's initialisation leaves biases and LayerNorm affines at 0 and 1;
+    a random perturbation makes every parameter matter to the output.
+    """
+    torch.manual_seed(seed)
+    ens = layers.EnsembleMLP(3, 6, [16, 16], 5)
+    ens.apply(layers.init_weights)
+    with torch.no_grad():
+        for p in ens.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return ens
+
+
 @pytest.fixture(scope="session")
 def builders() -> SimpleNamespace:
     """Return the builders above as one namespace (tests import nothing from this file)."""
     return SimpleNamespace(compose_config=compose_config, tiny_config=tiny_config, toy_task_info=toy_task_info,
-                           make_agent=make_agent, make_batch=make_batch, repo_root=REPO_ROOT, tiny_model=TINY_MODEL)
+                           make_agent=make_agent, make_batch=make_batch, random_ensemble=random_ensemble,
+                           repo_root=REPO_ROOT, tiny_model=TINY_MODEL)

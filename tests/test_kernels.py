@@ -102,13 +102,8 @@ def test_fused_norm_mish_runs_inside_compiled_code(fused_backend):
         torch.testing.assert_close(fn(x), plain_norm_mish(x, weight, bias), rtol=1e-5, atol=2e-6)
 
 
-def test_compiled_ensemble_equals_the_eager_ensemble():
-    torch.manual_seed(0)
-    ens = layers.EnsembleMLP(3, 6, [16, 16], 5)
-    ens.apply(layers.init_weights)
-    with torch.no_grad():
-        for p in ens.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+def test_compiled_ensemble_equals_the_eager_ensemble(builders):
+    ens = builders.random_ensemble()
     x = torch.randn(9, 6)
     eager = ens(x)
     layers.use_compiled_kernels(ens)

@@ -226,13 +226,8 @@ def test_ensemble_members_equal_the_full_output_indexed(members):
     torch.testing.assert_close(ens(per_member_input[idx], members=idx), ens(per_member_input)[idx])
 
 
-def test_ensemble_member_equals_a_plain_mlp_with_its_weights():
-    torch.manual_seed(0)
-    ens = layers.EnsembleMLP(3, 6, [16, 16], 5)
-    ens.apply(layers.init_weights)
-    with torch.no_grad():
-        for p in ens.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+def test_ensemble_member_equals_a_plain_mlp_with_its_weights(builders):
+    ens = builders.random_ensemble()
     k, x = 1, torch.randn(9, 6)
     h = x
     for i, lin in enumerate(ens.linears):
