@@ -18,12 +18,13 @@ from termcolor import colored
 
 from envs import MissingDependencyError, UnknownTaskError
 from pjepa_ext.plugin import build_agent
+from tdmpc2 import precision
 from tdmpc2.checkpoint import CheckpointError, load_checkpoint
 from tdmpc2.config import ConfigError, choose_device, set_threads
 from tdmpc2.trainer import run_episodes
 from train import make_task_env, seed_everything
 
-OVERRIDABLE = ("task", "eval_episodes", "mpc", "seed", "device", "threads", "checkpoint")
+OVERRIDABLE = ("task", "eval_episodes", "mpc", "seed", "device", "threads", "precision", "checkpoint")
 
 
 def parse_args(argv: list[str]):
@@ -51,7 +52,9 @@ def evaluate(argv: list[str]) -> dict:
         for key in ("eval_episodes", "mpc", "seed", "threads"):
             if key in args:
                 cfg[key] = args[key]
-        cfg.device = str(choose_device(args.get("device", "auto")))
+        device = choose_device(args.get("device", "auto"))
+        cfg.device = str(device)
+        cfg.precision, cfg.precision_reason = precision.choose(args.get("precision", "auto"), device)
         cfg.analysis_freq = 0
     threads = set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -62,7 +65,7 @@ def evaluate(argv: list[str]) -> dict:
     except (KeyError, RuntimeError, ConfigKeyError) as err:
         raise CheckpointError(f"checkpoint {args.checkpoint} does not match the model its config describes: {err}") from err
     print(colored(f"{args.checkpoint}: task {cfg.task}, {payload.get('updates', '?')} updates, "
-                  f"device {cfg.device}, threads {threads}, mpc {cfg.mpc}", "cyan"))
+                  f"device {cfg.device}, threads {threads}, precision {cfg.precision}, mpc {cfg.mpc}", "cyan"))
     rewards, successes = run_episodes(
         env, agent, cfg.eval_episodes, lambda i, total, t: print(f"episode {i + 1:>3}: reward {total:10.3f}  steps {t}"))
     result = {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes)), "episodes": len(rewards)}

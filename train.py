@@ -73,6 +73,7 @@ def describe(cfg: DictConfig, agent, threads: int) -> str:
         f"task {cfg.task} ({cfg.obs_type} {tuple(cfg.obs_shape)}, action dim {cfg.action_dim}, "
         f"episode length {cfg.episode_length}, discount {cfg.discount:.3f})",
         f"device {cfg.device}, torch threads {threads}, compile {cfg.compile}",
+        f"precision {cfg.precision} ({cfg.precision_reason})",
         f"variant {cfg.variant}, size {cfg.size}, aux {cfg.aux}, encoder {cfg.encoder}",
         f"parameters: {total:,} total, encoder {enc:,}",
         "gradient gating:",

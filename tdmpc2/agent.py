@@ -11,6 +11,7 @@ from torch import nn
 from tdmpc2 import kernels, layers, native
 from tdmpc2 import math as tmath
 from tdmpc2.gating import GradientGating
+from tdmpc2.precision import Precision
 from tdmpc2.scale import RunningScale
 from tdmpc2.world_model import WorldModel
 
@@ -41,7 +42,9 @@ class TDMPC2:
     are extension loss terms (see :class:`LatentLoss`); ``extra_rows`` names
     further gating rows an extension may set even when their term is inactive.
     Which loss reaches the encoder is decided by ``cfg.gating`` and
-    ``cfg.consistency_target`` only.
+    ``cfg.consistency_target`` only. ``cfg.precision`` (``fp32`` or ``bf16``,
+    see :mod:`tdmpc2.precision`) sets the precision of the forward passes: the
+    model losses, the policy objective, the policy acting and MPPI.
     """
 
     def __init__(self, cfg, encoder: nn.Module | None = None, extra_losses: Iterable[nn.Module] = (),
@@ -70,6 +73,9 @@ class TDMPC2:
         self._rho = torch.tensor([cfg.rho**t for t in range(cfg.horizon + 1)], device=self.device)
         self._prev_mean = torch.zeros(cfg.horizon, cfg.action_dim, device=self.device)
         self.num_updates = 0
+        self.precision = Precision(cfg.precision, self.device.type)
+        for name in ("_losses", "_pi_terms", "_mppi", "_encode", "_policy_act"):
+            setattr(self, name, self.precision.wrap(getattr(self, name)))
 
     # -- persistence --------------------------------------------------------
     def state_dict(self) -> dict:
@@ -105,9 +111,16 @@ class TDMPC2:
         obs = torch.as_tensor(obs, device=self.device).unsqueeze(0)
         if self.cfg.mpc:
             return self.plan(obs, t0=t0, eval_mode=eval_mode).cpu()
-        z = self.model.encode(obs)
-        action, info = self.model.pi(z)
-        return (info["mean"] if eval_mode else action)[0].cpu()
+        return self._policy_act(obs, eval_mode)[0].cpu()
+
+    def _encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Return the latents of observations (in the agent's precision: this method is wrapped at init)."""
+        return self.model.encode(obs)
+
+    def _policy_act(self, obs: torch.Tensor, eval_mode: bool) -> torch.Tensor:
+        """Return the policy prior's actions ``(B, A)`` for observations: its mean in evaluation, else a sample."""
+        action, info = self.model.pi(self.model.encode(obs))
+        return info["mean"] if eval_mode else action
 
     def _rollout_returns(self, z: torch.Tensor, actions: torch.Tensor):
         """Return ``(returns, weight, z_H)`` of action sequences ``(H, N, A)`` from latents ``z``.
@@ -146,7 +159,7 @@ class TDMPC2:
     def plan(self, obs: torch.Tensor, t0: bool = False, eval_mode: bool = False) -> torch.Tensor:
         """Return the first action ``(A,)`` of the MPPI plan for a batch of one observation."""
         H, A = self.cfg.horizon, self.cfg.action_dim
-        z = self.model.encode(obs)
+        z = self._encode(obs)
         mean = torch.zeros(H, A, device=self.device)
         if not t0:
             mean[:-1] = self._prev_mean[1:]  # warm start: the previous plan, shifted by one step

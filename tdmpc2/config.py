@@ -6,6 +6,7 @@ import os
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tdmpc2 import precision
 from tdmpc2.math import discount_from_episode_length
 
 #: TD-MPC2's model sizes (millions of parameters) -> architecture.
@@ -80,6 +81,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model_size={cfg.model_size!r} is unknown; allowed values: {', '.join(map(str, MODEL_SIZES))}")
     if cfg.compile not in ("auto", True, False):
         raise ConfigError(f"compile={cfg.compile!r}; allowed values: auto, true, false")
+    if cfg.precision not in precision.CHOICES:
+        raise ConfigError(f"precision={cfg.precision!r}; allowed values: {', '.join(precision.CHOICES)}")
     if cfg.obs not in (None, "state", "rgb"):
         raise ConfigError(f"obs={cfg.obs!r}; allowed values: state, rgb (or null for the task's default)")
     if cfg.encoder not in ("default", "resnet"):
@@ -99,7 +102,8 @@ def resolve(cfg: DictConfig, task_info) -> DictConfig:
 
     Derived: obs type and shape, action dim, episode length, episodic flag,
     sizes from ``model_size``, discount, seed steps, pretrain updates, buffer
-    capacity, device and compile choice.
+    capacity, device, compile and precision choice (``precision_reason`` says
+    why ``auto`` chose what it did).
     """
     cfg = cfg.copy()
     validate(cfg)
@@ -129,6 +133,8 @@ def resolve(cfg: DictConfig, task_info) -> DictConfig:
         device = choose_device(cfg.device)
         cfg.device = str(device)
         cfg.compile = _compile_default(device) if cfg.compile == "auto" else bool(cfg.compile)
+        if cfg.precision == "auto" or "precision_reason" not in cfg:
+            cfg.precision, cfg.precision_reason = precision.choose(cfg.precision, device)
     return cfg
 
 

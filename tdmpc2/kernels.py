@@ -21,6 +21,11 @@ matrix products are as fast as they go.
 * :func:`dropout` draws only the dropped positions when the rate is small.
 * :class:`CompileWithFallback` is ``torch.compile`` that falls back to eager
   code when compiling fails (used for the kernels and by ``TDMPC2.compile``).
+
+The normalisation blocks compute in float32 whatever precision their input
+comes in (:func:`tdmpc2.precision.fp32`): under bfloat16 autocast the matrix
+product before them is bfloat16, their statistics, softmax and activation are
+not, and the native kernels serve both precisions.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from tdmpc2 import native
+from tdmpc2.precision import fp32
 
 #: Above this input Mish is the identity in float32; clamping keeps exp finite.
 _MISH_CLAMP = 20.0
@@ -110,6 +116,7 @@ class _CompiledMish(torch.autograd.Function):
         return grad * derivative
 
 
+@fp32
 def mish(x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
     """Return Mish(x) = x * tanh(softplus(x)); ``compiled`` uses the compiled single-exp kernels."""
     if compiled and x.dtype == torch.float32:
@@ -185,6 +192,7 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+@fp32
 def norm_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
               compiled: bool = False) -> torch.Tensor:
     """Return ``Mish(LayerNorm(x) * weight + bias)`` (LayerNorm over the last dim, without its own affine).
@@ -230,12 +238,14 @@ class _GroupSoftmax(torch.autograd.Function):
         return (grad - (grad * y).sum(-1, keepdim=True)).mul_(y)
 
 
+@fp32
 def simnorm(x: torch.Tensor, group: int) -> torch.Tensor:
     """Return ``x`` with a softmax applied inside each consecutive group of ``group`` features."""
     shape = x.shape
     return _GroupSoftmax.apply(x.reshape(*shape[:-1], -1, group)).reshape(shape)
 
 
+@fp32
 def norm_simnorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, group: int,
                  fused: bool = False) -> torch.Tensor:
     """Return ``SimNorm(LayerNorm(x) * weight + bias)`` over the last dim, with softmax groups of ``group``.

@@ -3,7 +3,11 @@
 Rewards and values are regressed as discrete distributions: a scalar x is
 squashed by ``symlog``, clamped to ``[vmin, vmax]`` and spread over two
 neighbouring bins (``two_hot``); heads predict logits and are trained with
-``soft_ce``; ``two_hot_inv`` maps logits back to a scalar.
+``soft_ce``; ``two_hot_inv`` maps logits back to a scalar. ``policy_sample``
+turns the policy head's output into a squashed-Gaussian action.
+
+Every function here computes in float32 whatever precision its inputs come in
+(:func:`tdmpc2.precision.fp32`): these are the numerically delicate parts.
 """
 from __future__ import annotations
 
@@ -12,14 +16,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tdmpc2.precision import fp32
+
 _LOG_SQRT_2PI = 0.9189385175704956
 
 
+@fp32
 def symlog(x: torch.Tensor) -> torch.Tensor:
     """Return sign(x) * log(1 + |x|)."""
     return torch.sign(x) * torch.log1p(x.abs())
 
 
+@fp32
 def symexp(x: torch.Tensor) -> torch.Tensor:
     """Return sign(x) * (exp(|x|) - 1), the inverse of :func:`symlog`."""
     return torch.sign(x) * torch.expm1(x.abs())
@@ -49,6 +57,7 @@ class Bins:
         return torch.linspace(self.vmin, self.vmax, self.num_bins, device=device, dtype=dtype)
 
 
+@fp32
 def two_hot(x: torch.Tensor, bins: Bins) -> torch.Tensor:
     """Return the two-hot encoding of scalars ``x`` (shape ``(..., 1)``) as ``(..., num_bins)``.
 
@@ -70,6 +79,7 @@ def two_hot(x: torch.Tensor, bins: Bins) -> torch.Tensor:
     return torch.where(nan, torch.full_like(out, float("nan")), out)
 
 
+@fp32
 def two_hot_inv(logits: torch.Tensor, bins: Bins) -> torch.Tensor:
     """Return the scalar (shape ``(..., 1)``) encoded by ``logits`` (shape ``(..., num_bins)``)."""
     probs = F.softmax(logits, dim=-1)
@@ -77,28 +87,53 @@ def two_hot_inv(logits: torch.Tensor, bins: Bins) -> torch.Tensor:
     return symexp(y)
 
 
+@fp32
 def soft_ce(logits: torch.Tensor, target: torch.Tensor, bins: Bins) -> torch.Tensor:
     """Return the cross-entropy (shape ``(..., 1)``) of ``logits`` against the two-hot of ``target``."""
     log_probs = F.log_softmax(logits, dim=-1)
     return -(two_hot(target, bins) * log_probs).sum(-1, keepdim=True)
 
 
+@fp32
 def log_std(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """Return ``x`` squashed into ``[low, high]`` with tanh (the policy's log-std)."""
     return low + 0.5 * (high - low) * (torch.tanh(x) + 1)
 
 
+@fp32
 def gaussian_logprob(eps: torch.Tensor, log_std_: torch.Tensor) -> torch.Tensor:
     """Return log N(eps; 0, 1) of a reparameterised sample, summed over the last dim (keepdim)."""
     return (-0.5 * eps.pow(2) - log_std_ - _LOG_SQRT_2PI).sum(-1, keepdim=True)
 
 
+@fp32
 def squash(mean: torch.Tensor, sample: torch.Tensor, log_prob: torch.Tensor):
     """Return ``(tanh(mean), tanh(sample), log_prob)`` with the tanh change-of-variables correction."""
     mean = torch.tanh(mean)
     sample = torch.tanh(sample)
     log_prob = log_prob - torch.log(F.relu(1 - sample.pow(2)) + 1e-6).sum(-1, keepdim=True)
     return mean, sample, log_prob
+
+
+@fp32
+def policy_sample(head_out: torch.Tensor, log_std_min: float, log_std_max: float):
+    """Return ``(action, info)``: a reparameterised tanh-squashed Gaussian sample from the policy head's output.
+
+    ``head_out`` ``(..., 2A)`` holds the mean and the raw log-std. ``info``
+    holds ``mean`` (squashed), ``log_std``, ``entropy`` (minus the log-density
+    of the squashed action) and ``scaled_entropy``, the term of the policy
+    objective: ``-A * log N(u; mean, std)`` of the pre-tanh sample ``u``, with
+    no tanh correction, which is what the public TD-MPC2 computes in effect
+    (its rescaling of the squashed log-probability cancels the correction).
+    """
+    mean, raw_log_std = head_out.chunk(2, dim=-1)
+    log_std_ = log_std(raw_log_std, log_std_min, log_std_max)
+    eps = torch.randn_like(mean)
+    gaussian = gaussian_logprob(eps, log_std_)
+    sample = mean + eps * log_std_.exp()
+    mean, action, log_prob = squash(mean, sample, gaussian)
+    info = {"mean": mean, "log_std": log_std_, "entropy": -log_prob, "scaled_entropy": -gaussian * mean.shape[-1]}
+    return action, info
 
 
 def discount_from_episode_length(episode_length: int, low: float = 0.95, high: float = 0.995) -> float:

@@ -109,17 +109,10 @@ class WorldModel(nn.Module):
         """Return ``(action, info)``: a squashed-Gaussian sample of the policy prior and its statistics.
 
         ``info`` holds ``mean`` (squashed), ``log_std``, ``entropy`` (-log prob
-        of the sample) and ``scaled_entropy`` (entropy times the action dim).
+        of the sample) and ``scaled_entropy``, the policy objective's entropy
+        term as the public TD-MPC2 computes it (see :func:`tdmpc2.math.policy_sample`).
         """
-        mean, raw_log_std = self._pi(z).chunk(2, dim=-1)
-        log_std = tmath.log_std(raw_log_std, self.log_std_min, self.log_std_max)
-        eps = torch.randn_like(mean)
-        log_prob = tmath.gaussian_logprob(eps, log_std)
-        sample = mean + eps * log_std.exp()
-        mean, action, log_prob = tmath.squash(mean, sample, log_prob)
-        entropy = -log_prob
-        info = {"mean": mean, "log_std": log_std, "entropy": entropy, "scaled_entropy": entropy * mean.shape[-1]}
-        return action, info
+        return tmath.policy_sample(self._pi(z), self.log_std_min, self.log_std_max)
 
     def Q(self, z: torch.Tensor, a: torch.Tensor, return_type: str = "min", target: bool = False, detach: bool = False) -> torch.Tensor:
         """Return Q-values of ``(z, a)``.

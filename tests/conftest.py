@@ -32,6 +32,10 @@ TINY_MODEL = ("model_size=1", "enc_dim=32", "mlp_dim=32", "latent_dim=16", "num_
 #: The tiny model with a small batch, on CPU, uncompiled.
 TINY = (*TINY_MODEL, "batch_size=8", "horizon=3", "device=cpu", "compile=false", "steps=1000")
 
+#: Tests compute in float32 whatever ``precision=auto`` would pick on the machine running them;
+#: the bf16 tests ask for bf16 explicitly.
+PRECISION = "precision=fp32"
+
 #: The rows an extension may set (the stock preset sets them to false).
 EXTENSION_ROWS = ("auxiliary", "decoder")
 
@@ -45,7 +49,7 @@ def _one_torch_thread():
 @functools.lru_cache(maxsize=None)
 def _compose_cached(overrides: tuple[str, ...]) -> DictConfig:
     with initialize_config_dir(config_dir=str(REPO_ROOT), version_base=None):
-        cfg = compose(config_name="config", overrides=[*STOCK, *overrides])
+        cfg = compose(config_name="config", overrides=[*STOCK, PRECISION, *overrides])
     with open_dict(cfg):
         cfg.variant, cfg.size = "stock", "none"
     return cfg

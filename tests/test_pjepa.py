@@ -51,7 +51,7 @@ ENCODER_TERMS = {
 def compose_config(overrides, task: str = "counting"):
     """Return the composed (unresolved) root config for ``overrides``, with ``aux`` resolved as train.py does."""
     with initialize_config_dir(config_dir=str(REPO), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"task={task}", *overrides])
+        cfg = compose(config_name="config", overrides=[f"task={task}", "precision=fp32", *overrides])
     variant = next((o.split("=", 1)[1] for o in overrides if o.startswith("variant=")), "pjepa")
     with open_dict(cfg):
         cfg.aux = resolve_aux(cfg.aux, variant)

@@ -248,9 +248,36 @@ def test_policy_prior_outputs(model):
     assert action.abs().max() <= 1 and info["mean"].abs().max() <= 1
     log_std = info["log_std"]
     assert (log_std >= model.cfg.log_std_min).all() and (log_std <= model.cfg.log_std_max).all()
-    torch.testing.assert_close(info["scaled_entropy"], info["entropy"] * model.cfg.action_dim)
     mean_raw, _ = model._pi(z).chunk(2, -1)
     torch.testing.assert_close(info["mean"], torch.tanh(mean_raw))
+
+
+@pytest.mark.parametrize("spread", [0.1, 20.0])
+def test_policy_entropy_term_is_what_the_public_code_computes(model, spread):
+    """scaled_entropy = -A * log N(u; mu, sigma) of the pre-tanh sample u: the public code's
+    ``-log_prob * (A * gaussian_log_prob) / (log_prob + 1e-8)``, whose rescaling cancels the tanh term."""
+    z, _ = latent_and_action(model, n=64)
+    with torch.no_grad():
+        last = model._pi[-1]
+        last.weight[: model.cfg.action_dim].normal_(0, spread)  # spread 20 saturates the tanh of the mean
+        torch.manual_seed(3)
+        action, info = model.pi(z)
+        torch.manual_seed(3)
+        mean_raw, raw_log_std = model._pi(z).chunk(2, -1)
+        eps = torch.randn_like(mean_raw)
+    A = model.cfg.action_dim
+    log_std = info["log_std"]
+    u = mean_raw + eps * log_std.exp()
+    # log N(u; mu, sigma) = log N(eps; 0, 1) - log sigma, summed over the action dims.
+    gaussian = (torch.distributions.Normal(0.0, 1.0).log_prob(eps) - log_std).sum(-1, keepdim=True)
+    post_tanh = gaussian - torch.log(torch.relu(1 - torch.tanh(u) ** 2) + 1e-6).sum(-1, keepdim=True)
+    public = -post_tanh * (A * gaussian) / (post_tanh + 1e-8)
+    torch.testing.assert_close(info["scaled_entropy"], -A * gaussian, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(info["scaled_entropy"], public, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(info["entropy"], -post_tanh, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(action, torch.tanh(u))
+    if spread > 1:
+        assert (info["entropy"] * A - info["scaled_entropy"]).abs().max() > 1.0
 
 
 def test_termination_head(builders):
