@@ -4,8 +4,9 @@
     python evaluate.py checkpoint=PATH task=pendulum eval_episodes=20 mpc=false
 
 The model is rebuilt from the config stored in the checkpoint; ``task`` (if
-given) must match it. ``eval_episodes``, ``mpc``, ``seed``, ``device`` and
-``threads`` may be overridden.
+given) must match it. ``eval_episodes``, ``mpc``, ``seed``, ``device``,
+``threads`` and ``precision`` (default ``auto``, chosen for this machine) may
+be overridden.
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 from termcolor import colored
 
-from envs import MissingDependencyError, UnknownTaskError
+from envs import MissingDependencyError, UnknownTaskError, make_task_env
 from pjepa_ext.plugin import build_agent
 from tdmpc2 import precision
 from tdmpc2.checkpoint import CheckpointError, load_checkpoint
 from tdmpc2.config import ConfigError, choose_device, set_threads
+from tdmpc2.seeding import seed_everything
 from tdmpc2.trainer import run_episodes
-from train import make_task_env, seed_everything
 
 OVERRIDABLE = ("task", "eval_episodes", "mpc", "seed", "device", "threads", "precision", "checkpoint")
 

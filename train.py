@@ -9,24 +9,22 @@ train.csv, eval.csv (and analysis.csv on the counting task), checkpoints.
 """
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from termcolor import colored
 
-from envs import MissingDependencyError, UnknownTaskError, make_env, task_defaults
+from envs import MissingDependencyError, UnknownTaskError, make_task_env, task_defaults
 from pjepa_ext.plugin import build_agent
 from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
 from tdmpc2.agent import NonFiniteLossError
 from tdmpc2.buffer import EpisodeBuffer
 from tdmpc2.config import ConfigError, choose_device, resolve, set_threads
 from tdmpc2.logger import Logger
+from tdmpc2.seeding import seed_everything
 from tdmpc2.trainer import OnlineTrainer
 
 
@@ -49,20 +47,6 @@ def apply_presets(cfg: DictConfig) -> DictConfig:
         cfg.variant, cfg.size = variant, size
         cfg.aux = resolve_aux(cfg.aux, variant)
     return cfg
-
-
-def make_task_env(cfg: DictConfig, seed: int):
-    """Return the wrapped environment of ``cfg.task`` (task options passed only to tasks that take them)."""
-    obs_type, takes_options = task_defaults(cfg.task)
-    options = OmegaConf.to_container(cfg[cfg.task]) if takes_options and cfg.task in cfg else None
-    return make_env(cfg.task, seed=seed, obs=cfg.obs or obs_type, options=options)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def describe(cfg: DictConfig, agent, threads: int) -> str:

@@ -6,6 +6,7 @@ from envs.registry import (
     UnknownTaskError,
     known_tasks,
     make_env,
+    make_task_env,
     task_defaults,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "UnknownTaskError",
     "known_tasks",
     "make_env",
+    "make_task_env",
     "task_defaults",
 ]

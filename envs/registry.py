@@ -269,3 +269,11 @@ def make_env(task: str, seed: int = 0, obs: str = "state",
         action_repeat=int(built.action_repeat),
     )
     return TaskEnv(env, task_info, seed)
+
+
+def make_task_env(cfg, seed: int) -> gym.Env:
+    """Return the wrapped environment of a run config's ``task`` (with ``cfg.obs``, or the task's own
+    observation type), passing the task's option group (``cfg[task]``) only to tasks that take options."""
+    obs_type, takes_options = task_defaults(cfg.task)
+    options = cfg[cfg.task] if takes_options and cfg.task in cfg else None
+    return make_env(cfg.task, seed=seed, obs=cfg.obs or obs_type, options=options)

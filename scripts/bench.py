@@ -1,24 +1,30 @@
-"""Benchmark the TD-MPC2 core: gradient updates per second and MPPI ``act`` latency.
+"""Benchmark the TD-MPC2 core: gradient update and MPPI ``act`` times, per precision, against their floors.
 
-    python scripts/bench.py                                   # model sizes 1 and 5, 1 and 2 threads
-    python scripts/bench.py --threads 1 2 --pixels --compile  # the full table
+    python scripts/bench.py                                          # model sizes 1 and 5, 1 and 2 threads, fp32
+    python scripts/bench.py --threads 1 --precision fp32 bf16        # fp32 and bf16 side by side
+    python scripts/bench.py --threads 1 2 --pixels --compile --precision fp32 bf16   # the full table
 
 Settings follow TD-MPC2's defaults: batch 256, horizon 3, MPPI with 6
 iterations x 512 samples; a state task with a 1-D action (dm_control
 cartpole-swingup when installed, else gymnasium pendulum). ``--pixels`` adds a
 64x64 RGB case with the TD-MPC2 conv encoder (counting task, stock variant,
-model size 5). ``--compile`` adds the same agent after ``agent.compile()``,
-timed interleaved with the eager one so both see the same machine load.
-Prints a table of medians over ``--repeats`` timed calls, the torch thread
-count of each row, and the load average of the machine.
+model size 5). ``--compile`` adds each agent after ``agent.compile()``.
+``--precision`` lists the precisions to time (``tdmpc2/precision.py``). All
+agents of a case start from the same weights and are timed interleaved, so
+they see the same machine load.
+
+Prints the CPU (model and bf16/AMX flags), the measured matrix-product rate of
+each precision, what ``precision=auto`` would choose, then a table of medians
+over ``--repeats`` calls. ``step`` is one online step, an update plus an
+``act``, of the fastest variant timed; ``floor`` is the step's matrix-product
+and convolution FLOPs (counted by ``torch.utils.flop_counter``) divided by the
+measured rate of its precision: no implementation that keeps those products
+can be faster.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,17 +36,19 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from envs import known_tasks  # noqa: E402
+from envs import known_tasks, make_task_env  # noqa: E402
 from pjepa_ext.plugin import build_agent  # noqa: E402
-from tdmpc2.config import _compile_default, resolve  # noqa: E402
-from train import make_task_env  # noqa: E402
+from tdmpc2 import precision, profiling  # noqa: E402
+from tdmpc2.config import resolve  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build(task: str, overrides: list[str]):
     """Return ``(agent, cfg)`` for ``task`` with the stock variant and ``overrides``, eager (not compiled), seed 0."""
     with initialize_config_dir(config_dir=str(ROOT), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"task={task}", "variant=stock", "size=none", "device=cpu", "compile=false",
-                                                           *overrides])
+        cfg = compose(config_name="config", overrides=[f"task={task}", "variant=stock", "size=none", "device=cpu",
+                                                       "compile=false", *overrides])
     with open_dict(cfg):
         cfg.aux = "none"
     cfg = resolve(cfg, make_task_env(cfg, 0).task_info)
@@ -59,52 +67,59 @@ def fake_batch(cfg) -> TensorDict:
                        "reward": torch.randn(H + 1, B, 1), "terminated": torch.zeros(H + 1, B, 1)}, batch_size=[H + 1, B])
 
 
-def interleaved_median_ms(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Return ``{name: median wall-clock ms}`` of each ``fns[name]()``, the calls alternating between the names."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t)
-    return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
+def time_case(task: str, size: int, extra: list[str], precisions: list[str], repeats: int, with_compile: bool) -> dict:
+    """Return ``{"flops": (update, act), (precision, mode): {"update", "act", "compile_s"}}`` for one case.
 
-
-def first_call_s(fn) -> float:
-    """Return the seconds one call of ``fn`` takes (the compilation, for a compiled agent)."""
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def time_case(task: str, size: int, extra: list[str], repeats: int, with_compile: bool) -> dict:
-    """Return the medians (ms) of update and act for the eager agent, and the compiled one if asked."""
-    eager, cfg = build(task, [f"model_size={size}", *extra])
-    batch = fake_batch(cfg)
-    obs = batch["obs"][0, 0]
-    agents = {"eager": eager}
-    result: dict = {"cfg": cfg, "compile_s": float("nan")}
-    if with_compile:
-        compiled, _ = build(task, [f"model_size={size}", *extra])
-        compiled.compile()
-        try:
-            result["compile_s"] = first_call_s(lambda: compiled.update(batch)) + first_call_s(
-                lambda: compiled.act(obs, t0=True))
-            agents["compiled"] = compiled
-        except Exception as err:  # report, do not hide: a compile failure is a result here
-            print(f"compiled agent failed for {task} size {size}: {type(err).__name__}: {str(err)[:300]}")
-    for agent in agents.values():
-        agent.act(obs, t0=True)
-    updates = interleaved_median_ms({k: (lambda a=a: a.update(batch)) for k, a in agents.items()}, repeats)
-    acts = interleaved_median_ms({k: (lambda a=a: a.act(obs)) for k, a in agents.items()}, repeats)
-    for k in ("eager", "compiled"):
-        result[f"{k}_update"] = updates.get(k, float("nan"))
-        result[f"{k}_act"] = acts.get(k, float("nan"))
+    ``mode`` is ``eager`` or ``compiled``; a compile failure is printed and its row left out.
+    """
+    agents, result = {}, {}
+    batch = obs = None
+    for name in precisions:
+        modes = ["eager", "compiled"] if with_compile else ["eager"]
+        for mode in modes:
+            agent, cfg = build(task, [f"model_size={size}", f"precision={name}", *extra])
+            if batch is None:
+                batch = fake_batch(cfg)
+                obs = batch["obs"][0, 0]
+                result["flops"] = (profiling.count_flops(lambda: agent.update(batch)),
+                                   profiling.count_flops(lambda: agent.act(obs, t0=True)))
+            compile_s = float("nan")
+            if mode == "compiled":
+                agent.compile()
+                try:
+                    compile_s = profiling.first_call_s(lambda: agent.update(batch)) + profiling.first_call_s(
+                        lambda: agent.act(obs, t0=True))
+                except Exception as err:  # report, do not hide: a compile failure is a result here
+                    print(f"compiled {name} agent failed for {task} size {size}: {type(err).__name__}: {str(err)[:300]}")
+                    continue
+            agent.act(obs, t0=True)
+            agents[(name, mode)] = agent
+            result[(name, mode)] = {"compile_s": compile_s}
+    updates = profiling.interleaved_median_ms({k: (lambda a=a: a.update(batch)) for k, a in agents.items()}, repeats)
+    acts = profiling.interleaved_median_ms({k: (lambda a=a: a.act(obs)) for k, a in agents.items()}, repeats)
+    for key in agents:
+        result[key].update(update=updates[key], act=acts[key])
     return result
+
+
+def format_rows(threads: int, label: str, r: dict, precisions: list[str], rates: dict[str, float]) -> list[str]:
+    """Return the table lines of one case: one per precision, with its floor and its speed-up over fp32."""
+    flops_update, flops_act = r["flops"]
+    lines, steps = [], {}
+    for name in precisions:
+        eager, compiled = r.get((name, "eager"), {}), r.get((name, "compiled"), {})
+        nan = float("nan")
+        best_update = min(eager.get("update", nan), compiled.get("update", nan), key=lambda v: (v != v, v))
+        best_act = min(eager.get("act", nan), compiled.get("act", nan), key=lambda v: (v != v, v))
+        steps[name] = best_update + best_act
+        floor_update, floor_act = (1000 * f / (rates[name] * 1e9) for f in (flops_update, flops_act))
+        speedup = steps["fp32"] / steps[name] if "fp32" in steps else nan
+        lines.append(
+            f"{threads:>3} {label:<24} {name:<5} | {eager.get('update', nan):>7.1f} {compiled.get('update', nan):>7.1f} | "
+            f"{eager.get('act', nan):>7.1f} {compiled.get('act', nan):>7.1f} | {steps[name]:>7.1f} {speedup:>5.2f}x | "
+            f"{floor_update:>6.1f} {floor_act:>6.1f} {floor_update + floor_act:>6.1f} | "
+            f"{flops_update / 1e9:>6.2f} {flops_act / 1e9:>6.2f} | {compiled.get('compile_s', nan):>6.1f}")
+    return lines
 
 
 def main() -> None:
@@ -114,35 +129,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--pixels", action="store_true", help="also time a 64x64 RGB agent (model size 5)")
     parser.add_argument("--compile", action="store_true", help="also time the agent after agent.compile()")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(DTYPES),
+                        help="precisions to time side by side (default: fp32)")
     args = parser.parse_args()
     task = "cartpole-swingup" if "cartpole-swingup" in known_tasks() else "pendulum"
     try:
         import dm_control  # noqa: F401
     except ImportError:
         task = "pendulum"
-    cases = [(task, s, []) for s in args.sizes]
+    cases = [(task, s, [], f"{task} s{s}") for s in args.sizes]
     if args.pixels:
-        cases.append(("counting", 5, ["obs=rgb", "counting.image_size=64"]))
-    load_before = os.getloadavg()
-    rows = []
+        cases.append(("counting", 5, ["obs=rgb", "counting.image_size=64"], "pixels 64x64 s5"))
+    header = [profiling.machine_summary()]
+    lines = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for task_name, size, extra in cases:
-            r = time_case(task_name, size, extra, args.repeats, args.compile)
-            rows.append((threads, task_name, r["cfg"].obs_type, size, r))
-            print(f"done: {threads} thread(s), {task_name} size {size}", file=sys.stderr, flush=True)
-    load_after = os.getloadavg()
+        rates = profiling.matmul_rates({name: DTYPES[name] for name in args.precision})
+        header.append(f"{threads} thread(s): 1024x512x512 matmul " +
+                      ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items()))
+        for task_name, size, extra, label in cases:
+            r = time_case(task_name, size, extra, args.precision, args.repeats, args.compile)
+            lines += format_rows(threads, label, r, args.precision, rates)
+            print(f"done: {threads} thread(s), {label}", file=sys.stderr, flush=True)
+    torch.set_num_threads(args.threads[0])
+    auto, reason = precision.choose("auto", torch.device("cpu"))
 
-    print(f"\nbatch 256, horizon 3, MPPI 6 x 512 samples; torch {torch.__version__}; median of {args.repeats}, "
-          f"eager and compiled calls interleaved")
-    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} CPUs; "
-          f"compile default on cpu: {_compile_default(torch.device('cpu'))}")
-    print(f"{'threads':>7} {'task':<17} {'obs':<5} {'size':>4} | {'update ms':>9} {'upd/s':>6} {'act ms':>7} | "
-          f"{'compiled: update ms':>19} {'upd/s':>6} {'act ms':>7} {'compile s':>9}")
-    for threads, name, obs_type, size, r in rows:
-        print(f"{threads:>7} {name:<17} {obs_type:<5} {size:>4} | {r['eager_update']:>9.1f} {1000 / r['eager_update']:>6.2f} "
-              f"{r['eager_act']:>7.1f} | {r['compiled_update']:>19.1f} {1000 / r['compiled_update']:>6.2f} "
-              f"{r['compiled_act']:>7.1f} {r['compile_s']:>9.1f}")
+    print(f"\nbatch 256, horizon 3, MPPI 6 x 512 samples; median of {args.repeats}, all variants of a case interleaved")
+    print("\n".join(header))
+    print(f"precision=auto here: {auto} ({reason})")
+    print(f"{'thr':>3} {'case':<24} {'prec':<5} | {'update ms':^15} | {'act ms':^15} | {'step ms, vs fp32':^15} | "
+          f"{'floor ms':^20} | {'GFLOP':^13} | {'compile':>7}")
+    print(f"{'':>3} {'':<24} {'':<5} | {'eager':>7} {'compil.':>7} | {'eager':>7} {'compil.':>7} | {'best':>7} {'':>6} | "
+          f"{'update':>6} {'act':>6} {'step':>6} | {'update':>6} {'act':>6} | {'s':>7}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""Time one P-JEPA gradient update of each size preset on the counting task.
+"""Time one P-JEPA gradient update of each size preset on the counting task, per precision.
 
-    python scripts/bench_presets.py                    # cpu and paper presets, one thread
+    python scripts/bench_presets.py                                  # cpu and paper presets, one thread, fp32
     python scripts/bench_presets.py --sizes cpu --threads 1 2 --repeats 20
+    python scripts/bench_presets.py --compile false true --precision fp32 bf16
 
 Uses a synthetic replay batch shaped like the real one (uint8 frames, actions,
-rewards, info), so only the model's cost is measured. Prints a table of median
-milliseconds per update and updates per second.
+rewards, info), so only the model's cost is measured. Prints the CPU, the
+measured matrix-product rate of each precision, and a table of median
+milliseconds per update, updates per second, and the update's floor: its
+matrix-product and convolution FLOPs divided by that rate.
 """
 from __future__ import annotations
 
@@ -24,19 +27,24 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
+from envs import make_task_env  # noqa: E402
 from pjepa_ext.plugin import build_agent  # noqa: E402
+from tdmpc2 import profiling  # noqa: E402
 from tdmpc2.config import resolve  # noqa: E402
-from train import make_task_env  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def build(size: str, variant: str, compiled: bool):
-    """Return ``(agent, cfg)`` for the counting task at size preset ``size``."""
+def build(size: str, variant: str, compiled: bool, precision: str):
+    """Return ``(agent, cfg)`` for the counting task at size preset ``size``, seed 0."""
     with initialize_config_dir(config_dir=str(ROOT), version_base=None):
         cfg = compose(config_name="config", overrides=["task=counting", f"variant={variant}", f"size={size}",
-                                                       "device=cpu", "analysis_freq=0", f"compile={compiled}"])
+                                                       "device=cpu", "analysis_freq=0", f"compile={compiled}",
+                                                       f"precision={precision}"])
     with open_dict(cfg):
         cfg.aux = "reward"
     cfg = resolve(cfg, make_task_env(cfg, 0).task_info)
+    torch.manual_seed(0)
     agent = build_agent(cfg)[0]
     if cfg.compile:
         agent.compile()
@@ -62,30 +70,44 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed updates (the paper preset uses at most 3)")
     parser.add_argument("--compile", nargs="+", default=["false"], choices=["true", "false"],
                         help="time eager (false) and/or compiled (true) agents")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(DTYPES),
+                        help="precisions to time (default: fp32)")
     args = parser.parse_args()
-    rows = []
+    rows, header = [], [profiling.machine_summary()]
     for threads in args.threads:
         torch.set_num_threads(threads)
+        rates = profiling.matmul_rates({name: DTYPES[name] for name in args.precision})
+        header.append(f"{threads} thread(s): 1024x512x512 matmul " +
+                      ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items()))
         for size in args.sizes:
+            flops = None
             for compiled in args.compile:
-                agent, cfg = build(size, args.variant, compiled == "true")
-                batch = counting_batch(cfg)
-                repeats = min(args.repeats, 3) if size == "paper" else args.repeats
-                agent.update(batch)
-                agent.update(batch)
-                times = []
-                for _ in range(repeats):
-                    t = time.perf_counter()
+                for name in args.precision:
+                    agent, cfg = build(size, args.variant, compiled == "true", name)
+                    batch = counting_batch(cfg)
+                    if flops is None:
+                        flops = profiling.count_flops(lambda: agent.update(batch))
+                    repeats = min(args.repeats, 3) if size == "paper" else args.repeats
                     agent.update(batch)
-                    times.append(time.perf_counter() - t)
-                ms = 1000 * statistics.median(times)
-                enc = sum(p.numel() for p in agent.model.encoder.parameters())
-                rows.append((threads, size, compiled, cfg.counting.image_size, cfg.batch_size, enc, repeats, ms))
-    print(f"\nP-JEPA update (variant {args.variant}, aux reward, decoder probe on), median; torch {torch.__version__}")
-    print(f"{'threads':>7} {'size':<6} {'compile':<7} {'image':>5} {'batch':>5} {'encoder params':>15} {'n':>3} "
-          f"{'ms/update':>10} {'updates/s':>10}")
-    for t, size, comp, img, b, enc, n, ms in rows:
-        print(f"{t:>7} {size:<6} {comp:<7} {img:>5} {b:>5} {enc:>15,} {n:>3} {ms:>10.1f} {1000 / ms:>10.2f}")
+                    agent.update(batch)
+                    times = []
+                    for _ in range(repeats):
+                        t = time.perf_counter()
+                        agent.update(batch)
+                        times.append(time.perf_counter() - t)
+                    ms = 1000 * statistics.median(times)
+                    floor = 1000 * flops / (rates[name] * 1e9)
+                    enc = sum(p.numel() for p in agent.model.encoder.parameters())
+                    rows.append((threads, size, compiled, name, cfg.counting.image_size, cfg.batch_size, enc, repeats, ms,
+                                 floor, flops))
+                    print(f"done: {threads} thread(s), {size}, compile {compiled}, {name}", file=sys.stderr, flush=True)
+    print(f"\nP-JEPA update (variant {args.variant}, aux reward, decoder probe on), median")
+    print("\n".join(header))
+    print(f"{'threads':>7} {'size':<6} {'compile':<7} {'prec':<5} {'image':>5} {'batch':>5} {'encoder params':>15} {'n':>3} "
+          f"{'ms/update':>10} {'updates/s':>10} {'floor ms':>9} {'GFLOP':>7}")
+    for t, size, comp, name, img, b, enc, n, ms, floor, flops in rows:
+        print(f"{t:>7} {size:<6} {comp:<7} {name:<5} {img:>5} {b:>5} {enc:>15,} {n:>3} {ms:>10.1f} {1000 / ms:>10.2f} "
+              f"{floor:>9.1f} {flops / 1e9:>7.1f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from envs import make_task_env
+
 from pjepa_ext import analysis
 from pjepa_ext.analysis_hook import AnalysisHook
 from pjepa_ext.figure2 import VARIANTS, evaluate_claims
@@ -40,8 +42,6 @@ analyze_script = _load_script()
 
 def tiny_cfg(variant="pjepa", aux="reward", decoder=True):
     """Resolved counting config with a tiny encoder and probe sets of 5 observations per count."""
-    import train
-
     overrides = ["task=counting", "size=cpu", f"variant={variant}", f"aux={aux}", f"decoder={str(decoder).lower()}",
                  "resnet.width=8", "resnet.blocks_per_stage=1", "counting.image_size=32",
                  f"analysis_per_count={PER_COUNT}", "analysis_freq=2", "device=cpu", "compile=false",
@@ -50,7 +50,7 @@ def tiny_cfg(variant="pjepa", aux="reward", decoder=True):
         cfg = compose(config_name="config", overrides=overrides)
     with open_dict(cfg):
         cfg.variant, cfg.size = variant, "cpu"
-    env = train.make_task_env(cfg, cfg.seed)
+    env = make_task_env(cfg, cfg.seed)
     return resolve(cfg, env.task_info)
 
 

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from tensordict import TensorDict
 
-import train
+from envs import make_task_env
 from pjepa_ext import plugin
 from pjepa_ext.aux_targets import AUX_TARGETS, AuxTarget, RandomProjectionTarget
 from pjepa_ext.presets import resolve_aux
@@ -61,7 +61,7 @@ def compose_config(overrides, task: str = "counting"):
 def build(overrides, task: str = "counting"):
     """Return ``(resolved cfg, agent, extension)`` built through the plugin from a composed config."""
     cfg = compose_config(overrides, task)
-    env = train.make_task_env(cfg, 0)
+    env = make_task_env(cfg, 0)
     cfg = resolve(cfg, env.task_info)
     env.close()
     torch.manual_seed(0)

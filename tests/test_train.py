@@ -16,7 +16,7 @@ from tdmpc2.checkpoint import load_checkpoint
 from tdmpc2.config import ConfigError, resolve, set_threads, to_container, validate
 from tdmpc2.logger import Logger
 from tdmpc2.trainer import OnlineTrainer
-from train import make_task_env
+from envs import make_task_env
 
 # ---------------------------------------------------------------- config resolution
 
