@@ -151,6 +151,8 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, device: str = "
         cfg.analysis_freq = 0
         cfg.device = str(chosen)
         cfg.compile = False
+        # Latents are measured in float32 whatever the run trained in, as the training-time hook does.
+        cfg.precision, cfg.precision_reason = "fp32", "analysis"
     try:
         agent, _ = build_agent(cfg)
         agent.load_state_dict(payload["agent"])
