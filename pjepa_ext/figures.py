@@ -233,14 +233,18 @@ def save_figure_rows(path: str | Path, rows: Sequence[dict], columns: int = 3) -
     return Path(path)
 
 
-def save_accuracy_comparison(path: str | Path, histories: dict, threshold: float = 0.95) -> Path:
-    """Write held-out accuracy vs wall-clock minutes to ``path``: one line per ``{label: analysis.csv DataFrame}``."""
+def save_accuracy_comparison(path: str | Path, histories: dict, threshold: float = 0.95, x: str = "minutes") -> Path:
+    """Write held-out accuracy vs wall-clock minutes (``x="minutes"``) or updates (``x="updates"``) to ``path``:
+    one line per ``{label: analysis.csv DataFrame}``; return the path."""
+    if x not in ("minutes", "updates"):
+        raise ValueError(f"x={x!r}; allowed values: minutes, updates")
     fig = _new_figure(7.0, 4.5)
     ax = fig.subplots()
     for label, history in histories.items():
-        ax.plot(history["elapsed"] / 60.0, history["nc_accuracy"], marker="o", markersize=2.5, linewidth=1.2, label=label)
+        xs = history["elapsed"] / 60.0 if x == "minutes" else history["updates"]
+        ax.plot(xs, history["nc_accuracy"], marker="o", markersize=2.5, linewidth=1.2, label=label)
     ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("wall-clock since start, incl. seeding (min)")
+    ax.set_xlabel("wall-clock since start, incl. seeding (min)" if x == "minutes" else "gradient updates")
     ax.set_ylabel("held-out nearest-centroid accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)

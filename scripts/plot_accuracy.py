@@ -1,7 +1,9 @@
-"""Plot held-out accuracy vs wall-clock for several runs on one figure.
+"""Plot held-out accuracy vs wall-clock (or updates) for several runs on one figure.
 
     python scripts/plot_accuracy.py out=docs/cpu-preset-accuracy.png E2=runs/counting/<dir> E5=runs/counting/<dir>
+    python scripts/plot_accuracy.py out=acc.png x=updates fp32=runs/a bf16=runs/b
 
+``x`` is ``minutes`` (default) or ``updates``.
 Each ``LABEL=RUN_DIR`` reads ``RUN_DIR/analysis.csv`` (a CSV path works too).
 """
 from __future__ import annotations
@@ -21,8 +23,12 @@ def main(argv: list[str]) -> int:
     pairs = dict(a.split("=", 1) for a in argv if "=" in a)
     bad = [a for a in argv if "=" not in a]
     out = pairs.pop("out", "accuracy.png")
+    x = pairs.pop("x", "minutes")
+    if x not in ("minutes", "updates"):
+        print(f"error: x={x}; allowed values: minutes, updates", file=sys.stderr)
+        return 2
     if bad or not pairs:
-        print("usage: plot_accuracy.py out=FILE.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]", file=sys.stderr)
+        print("usage: plot_accuracy.py out=FILE.png [x=minutes|updates] LABEL=RUN_DIR [LABEL=RUN_DIR ...]", file=sys.stderr)
         return 2
     histories = {}
     for label, run in pairs.items():
@@ -31,7 +37,7 @@ def main(argv: list[str]) -> int:
             print(f"error: {csv} not found (a run directory made with analysis_freq > 0 has it)", file=sys.stderr)
             return 2
         histories[label] = pd.read_csv(csv)
-    print(save_accuracy_comparison(out, histories))
+    print(save_accuracy_comparison(out, histories, x=x))
     return 0
 
 

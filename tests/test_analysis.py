@@ -275,3 +275,14 @@ def test_reproduce_script_trains_each_variant_with_its_own_pair(tmp_path):
         assert any(a.startswith("threads=") for a in cmd)  # two at a time: threads split between them
     with pytest.raises(SystemExit):
         script.parse_args(["aux=random"])  # the variant pairs are the script's own
+
+
+@pytest.mark.parametrize("x", ["minutes", "updates"])
+def test_accuracy_comparison_plots_against_minutes_or_updates(tmp_path, x):
+    from pjepa_ext.figures import save_accuracy_comparison
+
+    history = pd.DataFrame({"updates": [1, 250, 500], "elapsed": [30.0, 90.0, 150.0], "nc_accuracy": [0.25, 0.6, 0.9]})
+    path = save_accuracy_comparison(tmp_path / f"{x}.png", {"a": history, "b": history.assign(nc_accuracy=0.5)}, x=x)
+    assert mpimg.imread(path).shape[2] in (3, 4)
+    with pytest.raises(ValueError, match="allowed values: minutes, updates"):
+        save_accuracy_comparison(tmp_path / "bad.png", {"a": history}, x="steps")
