@@ -205,3 +205,34 @@ def test_bf16_act_runs_the_real_model_under_autocast(builders, monkeypatch):
     assert seen and all(seen)
     policy = builders.make_agent(builders.tiny_config("mpc=false", "precision=bf16"))
     assert policy.act(torch.randn(cfg.obs_shape[0]), eval_mode=True).dtype == torch.float32
+
+
+@pytest.mark.parametrize("variant, aux", [("pjepa", "reward"), ("pjepa", "random"), ("stock", "none")])
+def test_bf16_pjepa_losses_and_gradients_match_fp32(variant, aux):
+    """The P-JEPA ResNet encoder (convolutions in bf16), the auxiliary head and the decoder probe, and the
+    stock variant on pixels, at the CPU preset's shapes with a small batch."""
+    from test_pjepa import build, synthetic_batch
+
+    overrides = ["size=cpu", f"variant={variant}", f"aux={aux}", "batch_size=16", "device=cpu", "compile=false"]
+    results = {}
+    for name in ("fp32", "bf16"):
+        cfg, agent, _ = build([*overrides, f"precision={name}"])
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in [*agent.model.parameters(), *agent.extra_losses.parameters()]:
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+        agent.train()
+        torch.manual_seed(5)
+        total, metrics, _ = agent._losses(synthetic_batch(cfg, seed=3))
+        total.backward()
+        grads = {"encoder": agent.model.encoder, "dynamics": agent.model._dynamics, "extensions": agent.extra_losses}
+        results[name] = (metrics, {k: torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+                                   for k, m in grads.items()})
+    (m32, g32), (m16, g16) = results["fp32"], results["bf16"]
+    for key in m32:
+        assert float(m16[key]) == pytest.approx(float(m32[key]), rel=0.02, abs=1e-6), key
+    for key in g32:
+        if g32[key].numel() == 0:
+            continue
+        cosine = F.cosine_similarity(g32[key], g16[key], dim=0)
+        assert cosine >= 0.99, (key, float(cosine))
