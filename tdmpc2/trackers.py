@@ -104,8 +104,9 @@ class WandbTracker:
         self._run.config.update(config, allow_val_change=True)
 
     def close(self) -> None:
-        """Finish the W&B run (writes its last records)."""
+        """Finish the W&B run and wait until its records are written (``finish`` alone may return earlier)."""
         self._run.finish()
+        self._wandb.teardown()
 
 
 class TensorBoardTracker:

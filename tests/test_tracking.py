@@ -100,6 +100,7 @@ def tracked_run(builders, tmp_path_factory):
                              "exp_name=tracked", f"hydra.run.dir={run_dir}"],
                             cwd=builders.repo_root, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [r.WhichOneof("record_type") for r in wandb_records(run_dir)][-1] == "exit"  # the log is complete
     return run_dir, result
 
 
