@@ -5,7 +5,9 @@
     python train.py task=counting variant=dyn_only
 
 Every run writes into its own directory under runs/: the resolved config,
-train.csv, eval.csv (and analysis.csv on the counting task), checkpoints.
+train.csv, eval.csv (and analysis.csv on the counting task), checkpoints,
+and with save_video=true the evaluation videos (videos/). loggers=[wandb,tensorboard]
+sends the same rows to the trackers.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from pjepa_ext.plugin import build_agent
 from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
 from tdmpc2.agent import NonFiniteLossError
 from tdmpc2.buffer import EpisodeBuffer
-from tdmpc2.config import ConfigError, choose_device, resolve, set_threads
+from tdmpc2.config import ConfigError, choose_device, resolve, set_threads, to_container, validate
+from tdmpc2.extras import MissingExtraError, require_for_config
 from tdmpc2.logger import Logger
 from tdmpc2.seeding import seed_everything
+from tdmpc2.trackers import TrackerError, create_trackers
 from tdmpc2.trainer import OnlineTrainer
 
 
@@ -69,22 +73,29 @@ def describe(cfg: DictConfig, agent, threads: int) -> str:
 def run(cfg: DictConfig) -> Path:
     """Train with the composed config ``cfg``; return the run directory."""
     cfg = apply_presets(cfg)
+    validate(cfg)
+    require_for_config(cfg)  # a missing tracker or video package stops the run before anything is built
     threads = set_threads(cfg.threads)
+    # The evaluation env first: with save_video it chooses MuJoCo's GL back-end before dm_control is imported.
+    eval_env = make_task_env(cfg, cfg.seed + 10_000, render=cfg.save_video)
     env = make_task_env(cfg, cfg.seed)
-    eval_env = make_task_env(cfg, cfg.seed + 10_000)
     cfg = resolve(cfg, env.task_info)
     seed_everything(cfg.seed)
-    agent, ext = build_agent(cfg)
-    if cfg.compile:
-        agent.compile()
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    logger = Logger(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    logger.info(f"run directory: {run_dir}", "yellow")
-    logger.info(describe(cfg, agent, threads))
-    buffer = EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed)
-    OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks).train()
+    logger = Logger(run_dir, trackers=create_trackers(cfg, run_dir, config=to_container(cfg)))
+    try:
+        agent, ext = build_agent(cfg)
+        if cfg.compile:
+            agent.compile()
+        logger.info(f"run directory: {run_dir}", "yellow")
+        logger.info(describe(cfg, agent, threads))
+        buffer = EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed)
+        OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks).train()
+    finally:
+        logger.close()
     return run_dir
 
 
@@ -92,7 +103,8 @@ def run(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, UnknownTaskError, MissingDependencyError, NonFiniteLossError, ValueError) as err:
+    except (ConfigError, UnknownTaskError, MissingDependencyError, MissingExtraError, TrackerError, NonFiniteLossError,
+            ValueError) as err:
         print(colored(f"error: {err}", "red"), file=sys.stderr)
         sys.exit(2)
 

@@ -18,6 +18,10 @@ from gymnasium import spaces
 DMC_ACTION_REPEAT = 2
 # 500 agent steps x action repeat 2 = 1000 simulator steps, as in TD-MPC2.
 DMC_EPISODE_LENGTH = 500
+# Video frames (height, width): multiples of 16, as H.264 wants.
+DMC_RENDER_SIZE = (240, 320)
+# Camera per domain for video frames (TD-MPC2's choice: the quadruped is seen best from camera 2).
+DMC_CAMERAS = {"quadruped": 2}
 
 
 def flatten_observation(observation: Mapping[str, Any]) -> np.ndarray:
@@ -33,10 +37,13 @@ class DMControlEnv(gym.Env):
     summed reward. dm_control's own time limit is switched off: the episode
     length is enforced by the registry's ``TimeLimit`` wrapper, in agent steps.
     ``terminated`` is reported only when the task itself ends an episode with
-    discount 0 (no standard suite task does).
+    discount 0 (no standard suite task does). ``render()`` draws the scene
+    with MuJoCo's offscreen renderer (for videos only: observations stay
+    states); ``render_fps`` plays it back in real time.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"]}
+    render_mode = "rgb_array"
 
     def __init__(self, domain: str, task: str, seed: int | None = None,
                  action_repeat: int = DMC_ACTION_REPEAT):
@@ -61,6 +68,8 @@ class DMControlEnv(gym.Env):
         self.observation_space = spaces.Box(
             low=-np.inf, high=np.inf, shape=(size,), dtype=np.float32
         )
+        fps = 1.0 / (self._env.control_timestep() * action_repeat)
+        self.metadata = {**self.metadata, "render_fps": fps}
 
     def _load(self, seed: int | None):
         return suite.load(
@@ -95,6 +104,12 @@ class DMControlEnv(gym.Env):
         terminated = bool(ended and timestep.discount == 0.0)
         truncated = bool(ended and not terminated)
         return flatten_observation(timestep.observation), total_reward, terminated, truncated, {}
+
+    def render(self) -> np.ndarray:
+        """Returns the scene as uint8 (240, 320, 3), seen from the domain's video camera."""
+        height, width = DMC_RENDER_SIZE
+        camera = DMC_CAMERAS.get(self.domain, 0)
+        return self._env.physics.render(height=height, width=width, camera_id=camera)
 
     def close(self):
         """Releases the dm_control physics; returns None."""

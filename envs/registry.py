@@ -2,7 +2,8 @@
 
 ``make_env`` looks a name up in ``TASKS``, checks the requested observation
 type and any optional dependency, builds the raw environment and wraps it so
-that every task looks the same from outside (see ``envs.wrappers``).
+that every task looks the same from outside (see ``envs.wrappers``). With
+``render=True`` the environment also draws video frames (``env.render()``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -18,8 +20,9 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
-from envs import gym_tasks
-from envs.wrappers import InfoKeys, NormalizedAction, RgbObservation, StateObservation, TaskEnv
+from envs import frames, gym_tasks
+from envs.wrappers import (InfoKeys, NormalizedAction, RgbObservation, StateObservation, TaskEnv,
+                           VideoUnsupportedError)
 
 OBS_TYPES = ("state", "rgb")
 
@@ -27,7 +30,7 @@ OBS_TYPES = ("state", "rgb")
 BASE_INFO_KEYS = ("obs_reward", "success")
 
 # Optional module -> (pip distribution, extra of this project that installs it).
-OPTIONAL_DEPENDENCIES = {"dm_control": ("dm-control", "dmc")}
+OPTIONAL_DEPENDENCIES = {"dm_control": ("dm-control", "dmc"), "pygame": ("pygame", "video")}
 
 
 class UnknownTaskError(ValueError):
@@ -61,10 +64,11 @@ class BuiltTask:
     episodic: bool
     action_repeat: int = 1
     extra_info_keys: tuple[str, ...] = ()
+    video_frame: Callable[[], Any] | None = None  # the current video frame, uint8 (H, W, 3); with render=True
 
 
-# factory(seed, obs_type, options) -> BuiltTask
-TaskFactory = Callable[[int, str, dict], BuiltTask]
+# factory(seed, obs_type, options, render) -> BuiltTask
+TaskFactory = Callable[[int, str, dict, bool], BuiltTask]
 
 
 @dataclass(frozen=True)
@@ -76,38 +80,62 @@ class TaskEntry:
     requires: str | None  # importable module name of an optional dependency
     description: str
     accepts_options: bool = False
+    video_requires: str | None = None  # importable module the task's video frames need
 
 
 def make_gym_task(env_id: str, episode_length: int, episodic: bool,
-                  seed: int, obs_type: str, options: dict) -> BuiltTask:
-    """Returns a gymnasium classic-control task as a ``BuiltTask``."""
-    env = gym_tasks.make_gym_env(env_id, episode_length)
-    return BuiltTask(env=env, episode_length=episode_length, episodic=episodic)
+                  seed: int, obs_type: str, options: dict, render: bool = False) -> BuiltTask:
+    """Returns a gymnasium classic-control task as a ``BuiltTask`` (frames drawn by gymnasium with pygame)."""
+    if render:
+        # Frames are drawn on off-screen surfaces: no window, no greeting, no SDL display warnings.
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    env = gym_tasks.make_gym_env(env_id, episode_length, render_mode="rgb_array" if render else None)
+    if render and "rgb_array" not in env.metadata.get("render_modes", ()):
+        raise VideoUnsupportedError(f"gymnasium's {env_id} cannot draw frames (no rgb_array render mode): "
+                                    "video is unsupported for this task; use save_video=false")
+    return BuiltTask(env=env, episode_length=episode_length, episodic=episodic,
+                     video_frame=env.render if render else None)
 
 
-def make_dmc_task(domain: str, task: str, seed: int, obs_type: str, options: dict) -> BuiltTask:
-    """Returns a dm_control suite task (state observations) as a ``BuiltTask``."""
+def make_dmc_task(domain: str, task: str, seed: int, obs_type: str, options: dict, render: bool = False) -> BuiltTask:
+    """Returns a dm_control suite task (state observations) as a ``BuiltTask``.
+
+    With ``render``, one frame is drawn at once so that a machine that cannot
+    render offscreen fails here, at start, rather than at the first evaluation.
+    """
     from envs import dmcontrol
 
     env = dmcontrol.DMControlEnv(domain, task, seed=seed, action_repeat=dmcontrol.DMC_ACTION_REPEAT)
+    if render:
+        try:
+            env.render()
+        except Exception as err:  # MuJoCo's GL back-ends raise several types
+            raise VideoUnsupportedError(
+                f"task '{domain}-{task}' cannot draw video frames with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: "
+                f"{err}. MuJoCo renders offscreen with EGL (MUJOCO_GL=egl, the default here; needs libEGL) "
+                f"or OSMesa (MUJOCO_GL=osmesa)") from err
     return BuiltTask(
         env=env,
         episode_length=dmcontrol.DMC_EPISODE_LENGTH,
         episodic=False,
         action_repeat=dmcontrol.DMC_ACTION_REPEAT,
+        video_frame=env.render if render else None,
     )
 
 
-def make_counting_task(seed: int, obs_type: str, options: dict) -> BuiltTask:
-    """Returns the counting environment (64x64 RGB by default) as a ``BuiltTask``."""
+def make_counting_task(seed: int, obs_type: str, options: dict, render: bool = False) -> BuiltTask:
+    """Returns the counting environment (64x64 RGB by default) as a ``BuiltTask``; its video frames are the
+    observation enlarged, with the count written under it (``envs.frames.counting_frame``)."""
     from envs.counting import make_counting_env
 
-    env = make_counting_env(options=options, seed=seed)
+    env = make_counting_env(options=options, seed=seed, render_mode="rgb_array" if render else None)
     return BuiltTask(
         env=env,
         episode_length=int(env.max_episode_steps),
         episodic=bool(env.episodic),
         extra_info_keys=("count",),
+        video_frame=partial(frames.counting_frame, env) if render else None,
     )
 
 
@@ -117,6 +145,7 @@ def _gym(env_id: str, episode_length: int, episodic: bool, description: str) -> 
         obs_types=("state",),
         requires=None,
         description=description,
+        video_requires="pygame",
     )
 
 
@@ -192,17 +221,18 @@ def _lookup(task: str) -> TaskEntry:
     return TASKS[task]
 
 
-def _require(task: str, module: str) -> None:
+def _require(task: str, module: str, purpose: str = "") -> None:
     """Raises MissingDependencyError unless ``module`` can be imported.
 
     Only looks the module up; importing it is left to the factory so that a
-    broken installation raises its own ImportError unchanged.
+    broken installation raises its own ImportError unchanged. ``purpose``
+    ("'s video", ...) says what of the task needs it.
     """
     if importlib.util.find_spec(module) is None:
         distribution, extra = OPTIONAL_DEPENDENCIES.get(module, (module, None))
         how = f'pip install -e ".[{extra}]"' if extra else f"pip install {distribution}"
         raise MissingDependencyError(
-            f"Task {task!r} needs the optional package {distribution!r} "
+            f"Task {task!r}{purpose} needs the optional package {distribution!r} "
             f"(module {module!r}), which is not installed. Install it with: {how}",
             name=module,
         )
@@ -224,7 +254,7 @@ def _check_seed(seed: Any) -> int:
 
 
 def make_env(task: str, seed: int = 0, obs: str = "state",
-             options: Mapping | None = None) -> gym.Env:
+             options: Mapping | None = None, render: bool = False) -> gym.Env:
     """Returns the wrapped environment for ``task``.
 
     The result acts in ``Box(-1, 1, (A,), float32)``, observes float32 vectors
@@ -232,7 +262,9 @@ def make_env(task: str, seed: int = 0, obs: str = "state",
     at ``task_info.episode_length`` agent steps, reports every key of
     ``task_info.info_keys`` in each info dict, and seeds its first reset with
     ``seed``. ``options`` are task-specific (the counting task's settings);
-    tasks without options reject a non-empty mapping.
+    tasks without options reject a non-empty mapping. With ``render=True``,
+    ``env.render()`` returns the current video frame, uint8 ``(H, W, 3)``,
+    after a reset; observations are unchanged.
     """
     entry = _lookup(task)
     if obs not in OBS_TYPES:
@@ -251,8 +283,14 @@ def make_env(task: str, seed: int = 0, obs: str = "state",
         )
     if entry.requires is not None:
         _require(task, entry.requires)
+    if render:
+        if entry.video_requires is not None:
+            _require(task, entry.video_requires, "'s video")
+        if entry.requires == "dm_control":
+            # MuJoCo picks its GL back-end when dm_control is first imported; EGL renders without a display.
+            os.environ.setdefault("MUJOCO_GL", "egl")
 
-    built = entry.factory(seed, obs, plain_options)
+    built = entry.factory(seed, obs, plain_options, render)
     env = StateObservation(built.env) if obs == "state" else RgbObservation(built.env)
     env = NormalizedAction(env)
     env = TimeLimit(env, max_episode_steps=built.episode_length)
@@ -268,12 +306,13 @@ def make_env(task: str, seed: int = 0, obs: str = "state",
         info_keys=info_keys,
         action_repeat=int(built.action_repeat),
     )
-    return TaskEnv(env, task_info, seed)
+    return TaskEnv(env, task_info, seed, video_frame=built.video_frame)
 
 
-def make_task_env(cfg, seed: int) -> gym.Env:
+def make_task_env(cfg, seed: int, render: bool = False) -> gym.Env:
     """Return the wrapped environment of a run config's ``task`` (with ``cfg.obs``, or the task's own
-    observation type), passing the task's option group (``cfg[task]``) only to tasks that take options."""
+    observation type), passing the task's option group (``cfg[task]``) only to tasks that take options;
+    ``render``: it draws video frames too (see :func:`make_env`)."""
     obs_type, takes_options = task_defaults(cfg.task)
     options = cfg[cfg.task] if takes_options and cfg.task in cfg else None
-    return make_env(cfg.task, seed=seed, obs=cfg.obs or obs_type, options=options)
+    return make_env(cfg.task, seed=seed, obs=cfg.obs or obs_type, options=options, render=render)

@@ -7,11 +7,15 @@ From the inside out, the registry stacks them as:
 
 from __future__ import annotations
 
-from typing import Any, SupportsFloat
+from typing import Any, Callable, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+
+class VideoUnsupportedError(ValueError):
+    """Raised when a task cannot draw video frames (or was made without ``render=True``)."""
 
 
 class StateObservation(gym.ObservationWrapper):
@@ -142,11 +146,24 @@ class TaskEnv(gym.Wrapper):
     ``action_space.sample()`` is reproducible.
     """
 
-    def __init__(self, env: gym.Env, task_info: Any, seed: int):
+    def __init__(self, env: gym.Env, task_info: Any, seed: int, video_frame: Callable[[], Any] | None = None):
         super().__init__(env)
         self.task_info = task_info
         self._first_reset_seed: int | None = seed
+        self._video_frame = video_frame
         self.action_space.seed(seed)
+
+    def render(self) -> np.ndarray:
+        """Returns the current video frame, uint8 ``(H, W, 3)``; needs ``make_env(..., render=True)``."""
+        if self._video_frame is None:
+            raise VideoUnsupportedError(
+                f"task {self.task_info.name!r} was made without render=True; it draws no video frames")
+        frame = np.asarray(self._video_frame())
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise VideoUnsupportedError(
+                f"task {self.task_info.name!r} drew a {frame.dtype} frame of shape {frame.shape}; "
+                "video frames must be uint8 (H, W, 3)")
+        return frame
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Returns ``(observation, info)``; seeded with the make-time seed on first use."""

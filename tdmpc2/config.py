@@ -6,7 +6,7 @@ import os
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tdmpc2 import precision
+from tdmpc2 import precision, trackers
 from tdmpc2.math import discount_from_episode_length
 
 #: TD-MPC2's model sizes (millions of parameters) -> architecture.
@@ -95,6 +95,23 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"min_std ({cfg.min_std}) must not exceed max_std ({cfg.max_std})")
     if cfg.train_minutes is not None and not cfg.train_minutes > 0:
         raise ConfigError(f"train_minutes must be positive or null, got {cfg.train_minutes!r}")
+    _validate_outputs(cfg)
+
+
+def _validate_outputs(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a bad tracker list, W&B setting or video request."""
+    problem = trackers.names_problem(cfg.loggers)
+    if problem:
+        raise ConfigError(problem)
+    if cfg.wandb.mode not in trackers.WANDB_MODES:
+        raise ConfigError(f"wandb.mode={cfg.wandb.mode!r}; allowed values: online, offline, null (WANDB_MODE, else online)")
+    if not isinstance(cfg.wandb.project, str) or not cfg.wandb.project:
+        raise ConfigError(f"wandb.project must be a non-empty name, got {cfg.wandb.project!r}")
+    if cfg.save_video not in (True, False):
+        raise ConfigError(f"save_video={cfg.save_video!r}; allowed values: true, false")
+    if cfg.save_video and cfg.eval_episodes == 0:
+        raise ConfigError("save_video=true records evaluation episodes, but eval_episodes=0 runs none; "
+                          "set eval_episodes >= 1 or save_video=false")
 
 
 def resolve(cfg: DictConfig, task_info) -> DictConfig:
@@ -103,7 +120,7 @@ def resolve(cfg: DictConfig, task_info) -> DictConfig:
     Derived: obs type and shape, action dim, episode length, episodic flag,
     sizes from ``model_size``, discount, seed steps, pretrain updates, buffer
     capacity, device, compile and precision choice (``precision_reason`` says
-    why ``auto`` chose what it did).
+    why ``auto`` chose what it did), the W&B group and run name.
     """
     cfg = cfg.copy()
     validate(cfg)
@@ -135,6 +152,7 @@ def resolve(cfg: DictConfig, task_info) -> DictConfig:
         cfg.compile = _compile_default(device) if cfg.compile == "auto" else bool(cfg.compile)
         if cfg.precision == "auto" or "precision_reason" not in cfg:
             cfg.precision, cfg.precision_reason = precision.choose(cfg.precision, device)
+        cfg.wandb.group, cfg.wandb.name = trackers.wandb_names(cfg)
     return cfg
 
 

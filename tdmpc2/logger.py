@@ -1,10 +1,17 @@
-"""Run logging: coloured console lines and CSV files (pandas) in the run directory."""
+"""Run logging: coloured console lines, CSV files (pandas) in the run directory, and the run's trackers."""
 from __future__ import annotations
 
+import numbers
+import sys
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from termcolor import colored
+from tqdm import tqdm
+
+from tdmpc2.trackers import Tracker
 
 # (key, console label, format) for the columns shown on the console.
 _CONSOLE = {
@@ -27,27 +34,65 @@ def _fmt(value, kind: str) -> str:
     return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.3g}"
 
 
-class Logger:
-    """Appends rows to ``<run_dir>/<kind>.csv`` and prints a coloured summary line."""
+def tracker_step(row: dict) -> int:
+    """Return the trackers' x value of ``row``: its gradient updates, else its environment step, else 0."""
+    for key in ("updates", "step"):
+        if row.get(key) is not None:
+            return int(row[key])
+    return 0
 
-    def __init__(self, run_dir: str | Path, quiet: bool = False):
+
+def scalars(row: dict) -> dict[str, float]:
+    """Return the numeric entries of ``row`` as floats (NaN kept; None and text left out)."""
+    return {k: float(v) for k, v in row.items() if isinstance(v, numbers.Real)}
+
+
+class Logger:
+    """Appends rows to ``<run_dir>/<kind>.csv``, prints a coloured summary line and forwards both to ``trackers``.
+
+    Console lines go through ``tqdm.write``, so that they print above the
+    run's progress bar instead of through it.
+    """
+
+    def __init__(self, run_dir: str | Path, quiet: bool = False, trackers: Sequence[Tracker] = ()):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.quiet = quiet
+        self.trackers = list(trackers)
         self._rows: dict[str, list[dict]] = {}
 
     def log(self, kind: str, row: dict) -> None:
-        """Record ``row`` under ``kind`` (train, eval, analysis, ...): rewrite its CSV and print it."""
+        """Record ``row`` under ``kind`` (train, eval, analysis, ...): rewrite its CSV, print it, send it to the trackers."""
         rows = self._rows.setdefault(kind, [])
         rows.append(dict(row))
         pd.DataFrame(rows).to_csv(self.run_dir / f"{kind}.csv", index=False)
+        if self.trackers:
+            values, step = scalars(row), tracker_step(row)
+            for tracker in self.trackers:
+                tracker.log_scalars(kind, values, step)
         if not self.quiet:
-            print(self.format(kind, row), flush=True)
+            self._print(self.format(kind, row))
+
+    def log_video(self, name: str, path: Path, frames: Sequence[np.ndarray], fps: float, step: int) -> None:
+        """Send the video written at ``path`` (``frames`` at ``fps``) to the trackers as ``name`` at x = ``step``."""
+        for tracker in self.trackers:
+            tracker.log_video(name, path, frames, fps, step)
 
     def info(self, message: str, colour: str = "cyan") -> None:
         """Print a coloured message."""
         if not self.quiet:
-            print(colored(message, colour), flush=True)
+            self._print(colored(message, colour))
+
+    def close(self) -> None:
+        """Close the trackers (each once; the CSV files are complete after every row)."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
+
+    @staticmethod
+    def _print(line: str) -> None:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
 
     @staticmethod
     def format(kind: str, row: dict) -> str:

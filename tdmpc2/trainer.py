@@ -8,13 +8,17 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 from tensordict import TensorDict
-from tqdm import tqdm
 
 from tdmpc2.agent import TDMPC2
 from tdmpc2.buffer import EpisodeBuffer
 from tdmpc2.checkpoint import save_checkpoint
 from tdmpc2.config import to_container
 from tdmpc2.logger import Logger
+from tdmpc2.progress import RunProgress, on_terminal
+from tdmpc2.video import write_mp4
+
+#: playback speed of evaluation videos when the task does not say (``metadata["render_fps"]``)
+DEFAULT_VIDEO_FPS = 30
 
 
 class TrainingHook(Protocol):
@@ -72,18 +76,26 @@ class EpisodeRecorder:
         )
 
 
-def run_episodes(env, agent: TDMPC2, episodes: int, on_episode=None) -> tuple[list[float], list[float]]:
+def run_episodes(env, agent: TDMPC2, episodes: int, on_episode=None,
+                 frames: list | None = None) -> tuple[list[float], list[float]]:
     """Play ``episodes`` episodes with ``agent.act(eval_mode=True)``; return per-episode rewards and successes.
 
     ``on_episode(index, reward, steps)`` is called after each episode when given.
+    When ``frames`` is a list, the first episode's video frames (``env.render()``
+    at reset and after each step: steps + 1 of them) are appended to it.
     """
     rewards, successes = [], []
     for i in range(episodes):
         obs, info = env.reset()
+        record = frames is not None and i == 0
+        if record:
+            frames.append(env.render())
         done, total, success, t = False, 0.0, 0.0, 0
         while not done:
             action = agent.act(obs, t0=t == 0, eval_mode=True)
             obs, reward, terminated, truncated, info = env.step(action.numpy())
+            if record:
+                frames.append(env.render())
             total += float(reward)
             success = max(success, float(info.get("success", 0.0)))
             done, t = terminated or truncated, t + 1
@@ -115,7 +127,8 @@ class RandomPolicy:
 
 
 class OnlineTrainer:
-    """Runs TD-MPC2's online loop and writes ``train.csv``, ``eval.csv`` and checkpoints into ``run_dir``."""
+    """Runs TD-MPC2's online loop and writes ``train.csv``, ``eval.csv``, checkpoints and (``save_video``)
+    evaluation videos into ``run_dir``, with one progress bar over the run on a terminal."""
 
     def __init__(self, cfg, env, eval_env, agent: TDMPC2, buffer: EpisodeBuffer, logger: Logger, run_dir: str | Path,
                  hooks: Iterable[TrainingHook] = ()):
@@ -131,6 +144,7 @@ class OnlineTrainer:
         self._stop = False
         self._last_eval: tuple[int, int] | None = None
         self.short_episodes = 0
+        self.progress = RunProgress(cfg.steps, cfg.train_minutes, enabled=False)
 
     # -- helpers ------------------------------------------------------------
     @property
@@ -159,14 +173,31 @@ class OnlineTrainer:
 
     # -- evaluation ---------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Run ``eval_episodes`` episodes with the planner (eval mode); return mean reward and success."""
-        rewards, successes = run_episodes(self.eval_env, self.agent, self.cfg.eval_episodes)
+        """Run ``eval_episodes`` episodes with the planner (eval mode); return mean reward and success.
+
+        With ``save_video`` the first episode is recorded as ``videos/eval_step_<step>.mp4`` and sent to the trackers.
+        """
+        frames: list | None = [] if self.cfg.save_video else None
+        rewards, successes = run_episodes(self.eval_env, self.agent, self.cfg.eval_episodes, frames=frames)
+        if frames:
+            fps = self.eval_env.metadata.get("render_fps") or DEFAULT_VIDEO_FPS
+            path = write_mp4(self.run_dir / "videos" / f"eval_step_{self.step}.mp4", frames, fps)
+            self.logger.log_video("eval/video", path, frames, fps, self.agent.num_updates)
         return {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes))}
 
     def _log_eval(self) -> None:
         self._last_eval = (self.step, self.agent.num_updates)
+        self.progress.phase("evaluating")
         row = {"step": self.step, "updates": self.agent.num_updates, **self.evaluate(), "elapsed": self.elapsed}
         self.logger.log("eval", row)
+        self.progress.phase(self._phase())
+
+    def _phase(self) -> str:
+        if self.step < self.cfg.seed_steps:
+            return "seeding"
+        if self.step == self.cfg.seed_steps:
+            return "pretraining"
+        return "training"
 
     # -- updates ------------------------------------------------------------
     def _update(self) -> None:
@@ -177,6 +208,7 @@ class OnlineTrainer:
             self._log_train()
         if self._out_of_time():
             self._stop = True
+        self.progress.tick(self.step, self.agent.num_updates, self.elapsed)
 
     def _log_train(self) -> None:
         now, last_step, last_updates = time.time(), *self._last_log[1:]
@@ -200,8 +232,8 @@ class OnlineTrainer:
         episode = EpisodeRecorder(cfg.info_keys, cfg.action_dim)
         done, episode_reward = True, 0.0
         obs = None
-        seeding = tqdm(total=cfg.seed_steps, desc="seeding (random actions)", unit="step", leave=False,
-                       mininterval=2.0, disable=cfg.seed_steps < 5000 or self.logger.quiet)
+        self.progress = RunProgress(cfg.steps, cfg.train_minutes, enabled=on_terminal() and not self.logger.quiet,
+                                    phase=self._phase())
         try:
             while self.step <= cfg.steps and not self._stop:
                 if cfg.eval_freq and self.step > 0 and self.step % cfg.eval_freq == 0:
@@ -226,11 +258,9 @@ class OnlineTrainer:
                 done = terminated or truncated
                 episode_reward += float(reward)
                 episode.add(obs, info, action, reward, terminated)
-                if self.step < cfg.seed_steps:
-                    seeding.update(1)
-                else:
+                if self.step >= cfg.seed_steps:
                     if self.step == cfg.seed_steps:
-                        seeding.close()
+                        self.progress.phase("pretraining")
                         if done:  # the last seeding episode must be in the buffer before pretraining
                             self._store(episode)
                             episode = EpisodeRecorder(cfg.info_keys, cfg.action_dim)
@@ -243,14 +273,18 @@ class OnlineTrainer:
                         if self._stop:
                             break
                 self.step += 1
+                if self.step == cfg.seed_steps + 1:
+                    self.progress.phase("training")
+                self.progress.tick(self.step, self.agent.num_updates, self.elapsed)
+            self.progress.tick(self.step, self.agent.num_updates, self.elapsed, force=True)
+            if self._stop:
+                self.logger.info(f"stopped after train_minutes={cfg.train_minutes} at step {self.step:,}, "
+                                 f"{self.agent.num_updates:,} updates")
+            for hook in self.hooks:
+                hook.on_end(self)
+            if cfg.eval_episodes and self._last_eval != (self.step, self.agent.num_updates):
+                self._log_eval()  # unless the periodic evaluation just saw this very agent
         finally:
-            seeding.close()
-        if self._stop:
-            self.logger.info(f"stopped after train_minutes={cfg.train_minutes} at step {self.step:,}, "
-                             f"{self.agent.num_updates:,} updates")
-        for hook in self.hooks:
-            hook.on_end(self)
-        if cfg.eval_episodes and self._last_eval != (self.step, self.agent.num_updates):
-            self._log_eval()  # unless the periodic evaluation just saw this very agent
+            self.progress.close()
         path = self.save("final")
         self.logger.info(f"final checkpoint: {path}")
