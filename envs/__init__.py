@@ -8,6 +8,7 @@ from envs.registry import (
     known_tasks,
     make_env,
     make_task_env,
+    max_return,
     task_defaults,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "known_tasks",
     "make_env",
     "make_task_env",
+    "max_return",
     "task_defaults",
 ]

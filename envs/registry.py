@@ -4,6 +4,7 @@
 type and any optional dependency, builds the raw environment and wraps it so
 that every task looks the same from outside (see ``envs.wrappers``). With
 ``render=True`` the environment also draws video frames (``env.render()``).
+dm_control tasks choose MuJoCo's rendering back-end first (``envs.gl``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
-from envs import frames, gym_tasks
-from envs.wrappers import (InfoKeys, NormalizedAction, RgbObservation, StateObservation, TaskEnv,
+from envs import frames, gl, gym_tasks
+from envs.wrappers import (FrameStack, InfoKeys, NormalizedAction, RgbObservation, StateObservation, TaskEnv,
                            VideoUnsupportedError)
 
 OBS_TYPES = ("state", "rgb")
@@ -53,6 +54,7 @@ class TaskInfo:
     episodic: bool  # True when the task can terminate before episode_length
     info_keys: tuple[str, ...]
     action_repeat: int
+    frame_stack: int = 1  # pixel observations: frames stacked channel-first (obs_shape[0] = 3 * frame_stack)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class BuiltTask:
     action_repeat: int = 1
     extra_info_keys: tuple[str, ...] = ()
     video_frame: Callable[[], Any] | None = None  # the current video frame, uint8 (H, W, 3); with render=True
+    frame_stack: int = 1  # with pixel observations: stack this many (3, H, W) frames (envs.wrappers.FrameStack)
 
 
 # factory(seed, obs_type, options, render) -> BuiltTask
@@ -81,6 +84,9 @@ class TaskEntry:
     description: str
     accepts_options: bool = False
     video_requires: str | None = None  # importable module the task's video frames need
+    # Highest episode return, for normalising scores across tasks (scripts/compare.py); None: no meaningful
+    # maximum, and the task stays out of across-task aggregates.
+    max_return: float | None = None
 
 
 def make_gym_task(env_id: str, episode_length: int, episodic: bool,
@@ -99,28 +105,34 @@ def make_gym_task(env_id: str, episode_length: int, episodic: bool,
 
 
 def make_dmc_task(domain: str, task: str, seed: int, obs_type: str, options: dict, render: bool = False) -> BuiltTask:
-    """Returns a dm_control suite task (state observations) as a ``BuiltTask``.
+    """Returns a dm_control suite task as a ``BuiltTask``: state vectors, or with ``obs_type="rgb"`` 64x64
+    frames from the domain's camera, 3 of them stacked (as the public TD-MPC2).
 
     With ``render``, one frame is drawn at once so that a machine that cannot
     render offscreen fails here, at start, rather than at the first evaluation.
     """
     from envs import dmcontrol
 
-    env = dmcontrol.DMControlEnv(domain, task, seed=seed, action_repeat=dmcontrol.DMC_ACTION_REPEAT)
-    if render:
+    pixels = obs_type == "rgb"
+    env = dmcontrol.DMControlEnv(domain, task, seed=seed, action_repeat=dmcontrol.DMC_ACTION_REPEAT, pixels=pixels)
+    for wanted, draw, what, error in ((pixels, env.pixel_frame, "pixel observations", gl.RenderingUnavailableError),
+                                      (render, env.render, "video frames", VideoUnsupportedError)):
+        if not wanted:
+            continue
         try:
-            env.render()
+            draw()
         except Exception as err:  # MuJoCo's GL back-ends raise several types
-            raise VideoUnsupportedError(
-                f"task '{domain}-{task}' cannot draw video frames with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: "
-                f"{err}. MuJoCo renders offscreen with EGL (MUJOCO_GL=egl, the default here; needs libEGL) "
-                f"or OSMesa (MUJOCO_GL=osmesa)") from err
+            raise error(
+                f"task '{domain}-{task}' cannot draw {what} with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: "
+                f"{err}. MuJoCo renders offscreen with EGL (MUJOCO_GL=egl; needs libEGL) "
+                f"or OSMesa (MUJOCO_GL=osmesa; needs libOSMesa)") from err
     return BuiltTask(
         env=env,
         episode_length=dmcontrol.DMC_EPISODE_LENGTH,
         episodic=False,
         action_repeat=dmcontrol.DMC_ACTION_REPEAT,
         video_frame=env.render if render else None,
+        frame_stack=dmcontrol.DMC_FRAME_STACK if pixels else 1,
     )
 
 
@@ -139,6 +151,12 @@ def make_counting_task(seed: int, obs_type: str, options: dict, render: bool = F
     )
 
 
+# Returns with no meaningful maximum (max_return=None): Pendulum-v1's are negative costs (0 is the best
+# possible, never reached from a hanging start); MountainCarContinuous-v0 pays about +100 for reaching the flag
+# minus an action cost whose least value depends on the start; the counting task measures representations,
+# and its random-policy return says nothing about control.
+
+
 def _gym(env_id: str, episode_length: int, episodic: bool, description: str) -> TaskEntry:
     return TaskEntry(
         factory=partial(make_gym_task, env_id, episode_length, episodic),
@@ -152,9 +170,10 @@ def _gym(env_id: str, episode_length: int, episodic: bool, description: str) -> 
 def _dmc(domain: str, task: str, description: str) -> TaskEntry:
     return TaskEntry(
         factory=partial(make_dmc_task, domain, task),
-        obs_types=("state",),
+        obs_types=("state", "rgb"),
         requires="dm_control",
         description=f"dm_control {domain}/{task}: {description}",
+        max_return=1000.0,  # rewards in [0, 1] per simulator step, 1000 steps per episode
     )
 
 
@@ -210,6 +229,11 @@ def task_defaults(task: str) -> tuple[str, bool]:
     return entry.obs_types[0], entry.accepts_options
 
 
+def max_return(task: str) -> float | None:
+    """Returns the highest episode return of ``task`` (1000 on dm_control), or None when it has no meaningful one."""
+    return _lookup(task).max_return
+
+
 def _lookup(task: str) -> TaskEntry:
     if not isinstance(task, str) or task not in TASKS:
         names = known_tasks()
@@ -258,7 +282,8 @@ def make_env(task: str, seed: int = 0, obs: str = "state",
     """Returns the wrapped environment for ``task``.
 
     The result acts in ``Box(-1, 1, (A,), float32)``, observes float32 vectors
-    (``obs="state"``) or uint8 ``(3, H, W)`` frames (``obs="rgb"``), truncates
+    (``obs="state"``) or uint8 ``(3k, H, W)`` frames (``obs="rgb"``; the last
+    ``k = task_info.frame_stack`` frames stacked channel-first), truncates
     at ``task_info.episode_length`` agent steps, reports every key of
     ``task_info.info_keys`` in each info dict, and seeds its first reset with
     ``seed``. ``options`` are task-specific (the counting task's settings);
@@ -283,15 +308,16 @@ def make_env(task: str, seed: int = 0, obs: str = "state",
         )
     if entry.requires is not None:
         _require(task, entry.requires)
-    if render:
-        if entry.video_requires is not None:
-            _require(task, entry.video_requires, "'s video")
-        if entry.requires == "dm_control":
-            # MuJoCo picks its GL back-end when dm_control is first imported; EGL renders without a display.
-            os.environ.setdefault("MUJOCO_GL", "egl")
+    if render and entry.video_requires is not None:
+        _require(task, entry.video_requires, "'s video")
+    if entry.requires == "dm_control":
+        # MuJoCo's GL back-end is fixed when dm_control is first imported: choose it before.
+        gl.choose_mujoco_gl(rendering=render or obs == "rgb")
 
     built = entry.factory(seed, obs, plain_options, render)
     env = StateObservation(built.env) if obs == "state" else RgbObservation(built.env)
+    if obs == "rgb" and built.frame_stack > 1:
+        env = FrameStack(env, built.frame_stack)
     env = NormalizedAction(env)
     env = TimeLimit(env, max_episode_steps=built.episode_length)
     info_keys = tuple(dict.fromkeys(BASE_INFO_KEYS + tuple(built.extra_info_keys)))
@@ -305,6 +331,7 @@ def make_env(task: str, seed: int = 0, obs: str = "state",
         episodic=bool(built.episodic),
         info_keys=info_keys,
         action_repeat=int(built.action_repeat),
+        frame_stack=int(built.frame_stack) if obs == "rgb" else 1,
     )
     return TaskEnv(env, task_info, seed, video_frame=built.video_frame)
 

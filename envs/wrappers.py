@@ -1,12 +1,14 @@
 """Wrappers that give every registered task the same outward interface.
 
 From the inside out, the registry stacks them as:
-``StateObservation`` or ``RgbObservation`` -> ``NormalizedAction`` ->
-``TimeLimit`` (gymnasium's) -> ``InfoKeys`` -> ``TaskEnv``.
+``StateObservation`` or ``RgbObservation`` (-> ``FrameStack`` for tasks that
+stack frames) -> ``NormalizedAction`` -> ``TimeLimit`` (gymnasium's) ->
+``InfoKeys`` -> ``TaskEnv``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable, SupportsFloat
 
 import gymnasium as gym
@@ -65,6 +67,41 @@ class RgbObservation(gym.ObservationWrapper):
     def observation(self, observation: Any) -> np.ndarray:
         """Returns the frame unchanged (uint8, channels first)."""
         return observation
+
+
+class FrameStack(gym.Wrapper):
+    """Observes the last ``k`` uint8 ``(C, H, W)`` frames stacked channel-first, ``(k*C, H, W)``, oldest first.
+
+    A reset fills the stack with its frame repeated ``k`` times, as the public
+    TD-MPC2 does; each step then drops the oldest frame and adds the new one.
+    """
+
+    def __init__(self, env: gym.Env, k: int):
+        super().__init__(env)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"FrameStack: k must be a positive integer, got {k!r}")
+        inner = env.observation_space
+        if not isinstance(inner, spaces.Box) or inner.dtype != np.uint8 or len(inner.shape) != 3:
+            raise ValueError(f"FrameStack stacks uint8 (C, H, W) frames, got {inner!r}")
+        c, h, w = inner.shape
+        self.k = k
+        self.observation_space = spaces.Box(0, 255, (k * c, h, w), dtype=np.uint8)
+        self._frames: deque = deque(maxlen=k)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Returns ``(stack, info)`` with the reset frame in every slot of the stack."""
+        frame, info = self.env.reset(seed=seed, options=options)
+        self._frames.extend([frame] * self.k)
+        return self._stack(), info
+
+    def step(self, action: Any):
+        """Returns the inner step's 5-tuple with the stack of the last ``k`` frames as observation."""
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        self._frames.append(frame)
+        return self._stack(), reward, terminated, truncated, info
+
+    def _stack(self) -> np.ndarray:
+        return np.concatenate(self._frames, axis=0)
 
 
 class NormalizedAction(gym.ActionWrapper):

@@ -117,7 +117,7 @@ def _validate_outputs(cfg: DictConfig) -> None:
 def resolve(cfg: DictConfig, task_info) -> DictConfig:
     """Return a copy of ``cfg`` with every derived value filled in from ``task_info`` and the model size.
 
-    Derived: obs type and shape, action dim, episode length, episodic flag,
+    Derived: obs type and shape, frames stacked per observation, action dim, episode length, episodic flag,
     sizes from ``model_size``, discount, seed steps, pretrain updates, buffer
     capacity, device, compile and precision choice (``precision_reason`` says
     why ``auto`` chose what it did), the W&B group and run name.
@@ -132,6 +132,7 @@ def resolve(cfg: DictConfig, task_info) -> DictConfig:
         cfg.episode_length = task_info.episode_length
         cfg.episodic = bool(task_info.episodic)
         cfg.info_keys = list(task_info.info_keys)
+        cfg.frame_stack = int(getattr(task_info, "frame_stack", 1))
         for key, value in MODEL_SIZES[cfg.model_size].items():
             if cfg[key] is None:
                 cfg[key] = value

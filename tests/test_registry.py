@@ -289,12 +289,6 @@ def test_dm_control_truncates_at_500_agent_steps():
         assert truncated == (step == 500)
 
 
-@needs_dm_control
-def test_dm_control_rejects_rgb_observations():
-    with pytest.raises(ValueError, match=r"supported: \['state'\]"):
-        make_env("walker-walk", obs="rgb")
-
-
 def test_missing_dm_control_raises_missing_dependency_error(monkeypatch):
     real_find_spec = importlib.util.find_spec
 
