@@ -7,104 +7,24 @@
 Every run writes into its own directory under runs/: the resolved config,
 train.csv, eval.csv (and analysis.csv on the counting task), checkpoints,
 and with save_video=true the evaluation videos (videos/). loggers=[wandb,tensorboard]
-sends the same rows to the trackers.
+sends the same rows to the trackers. The run itself is ``experiments.training.run``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from termcolor import colored
 
-from envs import MissingDependencyError, UnknownTaskError, make_task_env, task_defaults
-from pjepa_ext.plugin import build_agent
-from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
-from tdmpc2.agent import NonFiniteLossError
-from tdmpc2.buffer import EpisodeBuffer
-from tdmpc2.config import ConfigError, choose_device, resolve, set_threads, to_container, validate
-from tdmpc2.extras import MissingExtraError, require_for_config
-from tdmpc2.logger import Logger
-from tdmpc2.seeding import seed_everything
-from tdmpc2.trackers import TrackerError, create_trackers
-from tdmpc2.trainer import OnlineTrainer
-
-
-def apply_presets(cfg: DictConfig) -> DictConfig:
-    """Return ``cfg`` with ``variant``/``size``/``aux`` set to concrete presets (``auto`` resolved).
-
-    An ``auto`` group choice is resolved from the task and device, then the
-    config is composed again with the concrete choice and the user's own
-    command-line overrides, so that those still win over the preset.
-    """
-    choices = HydraConfig.get().runtime.choices
-    obs_type, _ = task_defaults(cfg.task)
-    variant = resolve_variant(choices["variant"], cfg.task)
-    size = resolve_size(choices["size"], variant, pixel_task=(cfg.obs or obs_type) == "rgb",
-                        cuda=choose_device(cfg.device).type == "cuda")
-    if (variant, size) != (choices["variant"], choices["size"]):
-        user = [o for o in HydraConfig.get().overrides.task if not o.startswith(("variant=", "size="))]
-        cfg = hydra.compose(config_name="config", overrides=[*user, f"variant={variant}", f"size={size}"])
-    with open_dict(cfg):
-        cfg.variant, cfg.size = variant, size
-        cfg.aux = resolve_aux(cfg.aux, variant)
-    return cfg
-
-
-def describe(cfg: DictConfig, agent, threads: int) -> str:
-    """Return the start-of-run summary: task, device, sizes, presets and the gating table."""
-    enc = sum(p.numel() for p in agent.model.encoder.parameters())
-    total = sum(p.numel() for p in agent.model.parameters()) + sum(p.numel() for p in agent.extra_losses.parameters())
-    lines = [
-        f"task {cfg.task} ({cfg.obs_type} {tuple(cfg.obs_shape)}, action dim {cfg.action_dim}, "
-        f"episode length {cfg.episode_length}, discount {cfg.discount:.3f})",
-        f"device {cfg.device}, torch threads {threads}, compile {cfg.compile}",
-        f"precision {cfg.precision} ({cfg.precision_reason})",
-        f"variant {cfg.variant}, size {cfg.size}, aux {cfg.aux}, encoder {cfg.encoder}",
-        f"parameters: {total:,} total, encoder {enc:,}",
-        "gradient gating:",
-        agent.gating.table(),
-    ]
-    return "\n".join(lines)
-
-
-def run(cfg: DictConfig) -> Path:
-    """Train with the composed config ``cfg``; return the run directory."""
-    cfg = apply_presets(cfg)
-    validate(cfg)
-    require_for_config(cfg)  # a missing tracker or video package stops the run before anything is built
-    threads = set_threads(cfg.threads)
-    # The evaluation env first: with save_video it chooses MuJoCo's GL back-end before dm_control is imported.
-    eval_env = make_task_env(cfg, cfg.seed + 10_000, render=cfg.save_video)
-    env = make_task_env(cfg, cfg.seed)
-    cfg = resolve(cfg, env.task_info)
-    seed_everything(cfg.seed)
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
-    logger = Logger(run_dir, trackers=create_trackers(cfg, run_dir, config=to_container(cfg)))
-    try:
-        agent, ext = build_agent(cfg)
-        if cfg.compile:
-            agent.compile()
-        logger.info(f"run directory: {run_dir}", "yellow")
-        logger.info(describe(cfg, agent, threads))
-        buffer = EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed)
-        OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks).train()
-    finally:
-        logger.close()
-    return run_dir
+from experiments.training import USER_ERRORS, run
 
 
 @hydra.main(config_path=".", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, UnknownTaskError, MissingDependencyError, MissingExtraError, TrackerError, NonFiniteLossError,
-            ValueError) as err:
+    except USER_ERRORS as err:
         print(colored(f"error: {err}", "red"), file=sys.stderr)
         sys.exit(2)
 

@@ -22,11 +22,13 @@ def resolve_variant(variant: str, task: str) -> str:
     return "pjepa" if task == "counting" else "stock"
 
 
-def resolve_size(size: str, variant: str, pixel_task: bool, cuda: bool | None = None) -> str:
-    """Return the size preset: ``auto`` means ``paper`` on CUDA, ``cpu`` otherwise; ``none`` for stock or state tasks."""
+def resolve_size(size: str, variant: str, task: str, cuda: bool | None = None) -> str:
+    """Return the size preset: ``auto`` means ``paper`` on CUDA, ``cpu`` otherwise, for the P-JEPA variants on
+    the counting task; ``none`` for stock and for every other task (the presets are the counting experiment's
+    scale: random data, a fixed wall-clock budget, probes of the count)."""
     if _check("size", size, SIZES) != "auto":
         return size
-    if variant == "stock" or not pixel_task:
+    if variant == "stock" or task != "counting":
         return "none"
     cuda = torch.cuda.is_available() if cuda is None else cuda
     return "paper" if cuda else "cpu"

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-import train
+from experiments.training import apply_presets
 from pjepa_ext.aux_targets import AUX_TARGETS, make_aux_target
 from pjepa_ext.plugin import EXTENSION_LOSSES
 from pjepa_ext.presets import SIZES, VARIANTS, resolve_aux, resolve_size, resolve_variant
@@ -37,20 +37,27 @@ def test_variant_auto_follows_the_task():
 
 
 @pytest.mark.parametrize("variant", PJEPA_VARIANTS)
-def test_size_auto_follows_the_device_for_pjepa_variants(variant):
-    assert resolve_size("auto", variant, pixel_task=True, cuda=False) == "cpu"
-    assert resolve_size("auto", variant, pixel_task=True, cuda=True) == "paper"
-    assert resolve_size("auto", variant, pixel_task=False, cuda=True) == "none"
+def test_size_auto_follows_the_device_for_pjepa_variants_on_counting(variant):
+    assert resolve_size("auto", variant, task="counting", cuda=False) == "cpu"
+    assert resolve_size("auto", variant, task="counting", cuda=True) == "paper"
+    assert resolve_size("auto", variant, task="pendulum", cuda=True) == "none"
+
+
+@pytest.mark.parametrize("variant", PJEPA_VARIANTS)
+def test_size_auto_is_none_on_pixel_tasks_other_than_counting(variant):
+    # The presets are the counting experiment's scale (random data, 10 minutes, count probes).
+    for cuda in (False, True):
+        assert resolve_size("auto", variant, task="walker-walk", cuda=cuda) == "none"
 
 
 @pytest.mark.parametrize("cuda", [False, True])
 def test_size_auto_is_none_for_stock(cuda):
-    assert resolve_size("auto", "stock", pixel_task=True, cuda=cuda) == "none"
+    assert resolve_size("auto", "stock", task="counting", cuda=cuda) == "none"
 
 
 def test_explicit_size_wins_over_auto():
     for size in SIZES:
-        assert resolve_size(size, "stock", pixel_task=False, cuda=False) == size
+        assert resolve_size(size, "stock", task="pendulum", cuda=False) == size
 
 
 def test_aux_auto_is_reward_for_pjepa_variants_and_none_for_stock():
@@ -69,7 +76,7 @@ def assert_lists(message: str, allowed) -> None:
 
 @pytest.mark.parametrize("call, allowed", [
     (lambda: resolve_variant("bogus", "counting"), VARIANTS),
-    (lambda: resolve_size("bogus", "pjepa", pixel_task=True, cuda=False), SIZES),
+    (lambda: resolve_size("bogus", "pjepa", task="counting", cuda=False), SIZES),
     (lambda: resolve_aux("bogus", "pjepa"), tuple(AUX_TARGETS)),
     (lambda: make_aux_target("bogus", (3, 32, 32)), tuple(AUX_TARGETS)),
 ], ids=["variant", "size", "aux", "make_aux_target"])
@@ -136,12 +143,12 @@ def test_size_presets_select_the_resnet(size, width):
     assert cfg.horizon == 1
 
 
-# -- train.apply_presets (what a real run does with `auto`) ------------------------------
+# -- apply_presets (what a real run does with `auto`) ------------------------------------
 
 
 @pytest.fixture
 def hydra_run():
-    """Yield a function composing a config as @hydra.main would and applying train.apply_presets to it."""
+    """Yield a function composing a config as @hydra.main would and applying ``apply_presets`` to it."""
     contexts = []
 
     def apply(*overrides):
@@ -150,7 +157,7 @@ def hydra_run():
         contexts.append(context)
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
-        return train.apply_presets(cfg)
+        return apply_presets(cfg)
 
     yield apply
     HydraConfig.instance().cfg = None

@@ -1,0 +1,96 @@
+"""One training run from a composed hydra config: what ``python train.py ...`` does, and the job that
+``scripts/compare.py`` launches for every combination."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from envs import MissingDependencyError, UnknownTaskError, make_task_env, task_defaults
+from envs.gl import RenderingUnavailableError, current_choice
+from pjepa_ext.plugin import build_agent
+from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
+from tdmpc2.agent import NonFiniteLossError
+from tdmpc2.config import ConfigError, choose_device, resolve, set_threads, to_container, validate
+from tdmpc2.extras import MissingExtraError, require_for_config
+from tdmpc2.logger import Logger
+from tdmpc2.seeding import seed_everything
+from tdmpc2.stacked_replay import make_replay
+from tdmpc2.trackers import TrackerError, create_trackers
+from tdmpc2.trainer import OnlineTrainer
+
+#: errors that stop a run with a one-line message (train.py exits with code 2 on them)
+USER_ERRORS = (ConfigError, UnknownTaskError, MissingDependencyError, MissingExtraError, TrackerError,
+               NonFiniteLossError, RenderingUnavailableError, ValueError)
+
+
+def apply_presets(cfg: DictConfig) -> DictConfig:
+    """Return ``cfg`` with ``variant``/``size``/``aux`` set to concrete presets (``auto`` resolved).
+
+    An ``auto`` group choice is resolved from the task and device, then the
+    config is composed again with the concrete choice and the user's own
+    command-line overrides, so that those still win over the preset.
+    """
+    choices = HydraConfig.get().runtime.choices
+    variant = resolve_variant(choices["variant"], cfg.task)
+    task_defaults(cfg.task)  # an unknown task fails here, naming the known ones
+    size = resolve_size(choices["size"], variant, cfg.task, cuda=choose_device(cfg.device).type == "cuda")
+    if (variant, size) != (choices["variant"], choices["size"]):
+        user = [o for o in HydraConfig.get().overrides.task if not o.startswith(("variant=", "size="))]
+        cfg = hydra.compose(config_name="config", overrides=[*user, f"variant={variant}", f"size={size}"])
+    with open_dict(cfg):
+        cfg.variant, cfg.size = variant, size
+        cfg.aux = resolve_aux(cfg.aux, variant)
+    return cfg
+
+
+def describe(cfg: DictConfig, agent, threads: int) -> str:
+    """Return the start-of-run summary: task, device, sizes, presets and the gating table."""
+    enc = sum(p.numel() for p in agent.model.encoder.parameters())
+    total = sum(p.numel() for p in agent.model.parameters()) + sum(p.numel() for p in agent.extra_losses.parameters())
+    stack = f", {cfg.frame_stack} frames stacked" if cfg.get("frame_stack", 1) > 1 else ""
+    lines = [
+        f"task {cfg.task} ({cfg.obs_type} {tuple(cfg.obs_shape)}{stack}, action dim {cfg.action_dim}, "
+        f"episode length {cfg.episode_length}, discount {cfg.discount:.3f})",
+        f"device {cfg.device}, torch threads {threads}, compile {cfg.compile}",
+        f"precision {cfg.precision} ({cfg.precision_reason})",
+        f"variant {cfg.variant}, size {cfg.size}, aux {cfg.aux}, encoder {cfg.encoder}",
+        f"parameters: {total:,} total, encoder {enc:,}",
+        "gradient gating:",
+        agent.gating.table(),
+    ]
+    gl = current_choice()
+    if gl is not None:
+        lines.insert(2, gl.describe())
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train with the composed config ``cfg``; return the run directory."""
+    cfg = apply_presets(cfg)
+    validate(cfg)
+    require_for_config(cfg)  # a missing tracker or video package stops the run before anything is built
+    threads = set_threads(cfg.threads)
+    # The evaluation env first: with save_video it chooses MuJoCo's GL back-end before dm_control is imported.
+    eval_env = make_task_env(cfg, cfg.seed + 10_000, render=cfg.save_video)
+    env = make_task_env(cfg, cfg.seed)
+    cfg = resolve(cfg, env.task_info)
+    seed_everything(cfg.seed)
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    logger = Logger(run_dir, trackers=create_trackers(cfg, run_dir, config=to_container(cfg)))
+    try:
+        agent, ext = build_agent(cfg)
+        if cfg.compile:
+            agent.compile()
+        logger.info(f"run directory: {run_dir}", "yellow")
+        logger.info(describe(cfg, agent, threads))
+        buffer = make_replay(cfg)
+        OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks).train()
+    finally:
+        logger.close()
+    return run_dir
