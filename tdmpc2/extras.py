@@ -13,6 +13,8 @@ EXTRAS = {
     "wandb": (("wandb", "wandb"),),
     "tensorboard": (("tensorboard", "tensorboard"),),
     "video": (("imageio", "imageio"), ("imageio_ffmpeg", "imageio-ffmpeg")),
+    "compare": (("rliable", "rliable"), ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+                ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")),
 }
 
 
