@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import UnknownTaskError, task_defaults
 from experiments.aggregate import compare
-from experiments.launch import Job, Outcome, launch, plan
+from experiments.launch import Job, Outcome, job_overrides, launch, plan, recorded_overrides
 from experiments.report import write_report
 from experiments.runs import COMPLETE, FAILED, RunRecord, find_run_dirs, read_run
 from experiments.variants import Variant, parse_variant
@@ -110,6 +110,12 @@ def write_jobs(path: Path, outcomes: list[Outcome]) -> None:
             writer.writerow([o.job.task, o.job.variant.label, o.job.seed, o.status, o.error, o.job.run_dir])
 
 
+def already_done(job: Job) -> bool:
+    """Return whether ``job``'s directory holds a complete run launched with the same overrides."""
+    return (recorded_overrides(job.run_dir) == job_overrides(job)
+            and read_run(job.run_dir, job.task, job.variant, job.seed).status == COMPLETE)
+
+
 def planned_record(job: Job, outcome: Outcome | None) -> RunRecord:
     """Return the record of a planned run, failed with the launcher's error when its directory does not say so."""
     record = read_run(job.run_dir, job.task, job.variant, job.seed)
@@ -129,14 +135,21 @@ def run_comparison(cfg: DictConfig, out: Path, command: str = "") -> tuple[dict[
     out = out.resolve()
     runs_dir = out / "runs"
     jobs = plan(tasks, variants, seeds, runs_dir, common_overrides(cfg))
-    outcomes: list[Outcome] = []
+    done = [job for job in jobs if already_done(job)]
+    todo = [job for job in jobs if job not in done]
+    outcomes: list[Outcome] = [Outcome(job, "reused") for job in done]
     if jobs:
         print(f"{len(jobs)} runs ({len(tasks)} tasks x {len(variants)} variants x {len(seeds)} seeds, "
-              f"{cfg.steps:,} steps each) with launcher {cfg.launcher.plugin}, into {runs_dir}", flush=True)
+              f"{cfg.steps:,} steps each) into {runs_dir}", flush=True)
+    if done:
+        print(f"{len(done)} of them already complete there with the same settings: reused", flush=True)
+    if todo:
+        print(f"launching {len(todo)} with launcher {cfg.launcher.plugin}", flush=True)
         start = time.time()
-        outcomes = launch(jobs, cfg.launcher.plugin, launcher_params(cfg), runs_dir)
-        write_jobs(out / "jobs.csv", outcomes)
+        outcomes += launch(todo, cfg.launcher.plugin, launcher_params(cfg), runs_dir)
         print(f"runs ended after {(time.time() - start) / 60:.1f} min", flush=True)
+    if jobs:
+        write_jobs(out / "jobs.csv", [o for job in jobs for o in outcomes if o.job == job])
     by_job = {o.job: o for o in outcomes}
     planned = [planned_record(job, by_job.get(job)) for job in jobs]
     seen = {r.run_dir.resolve() for r in planned}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.variants import Variant
 
@@ -41,7 +41,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the launcher reported for a job: ``completed``, ``failed`` (with the error) or ``unknown``."""
+    """What became of a job: ``completed`` or ``failed`` (with the error) as the launcher reported, ``unknown``
+    when the launcher itself failed, ``reused`` when an earlier comparison had completed it."""
 
     job: Job
     status: str
@@ -93,15 +94,38 @@ def plan(tasks: list[str], variants: list[Variant], seeds: list[int], runs_dir: 
     return jobs
 
 
+#: file in a run directory holding the overrides its job was launched with
+OVERRIDES_FILE = "overrides.yaml"
+
+
+def job_overrides(job: Job) -> list[str]:
+    """Return the train.py overrides of ``job`` as its run directory records them (the hydra ones left out)."""
+    return [o for o in job.overrides if not o.startswith("hydra.")]
+
+
+def recorded_overrides(run_dir: Path) -> list[str] | None:
+    """Return the overrides a run directory's job was launched with, or None when it does not say."""
+    path = run_dir / OVERRIDES_FILE
+    return list(OmegaConf.load(path)) if path.is_file() else None
+
+
 def train_job(cfg: DictConfig) -> str:
     """Run one training job (the launchers' task function); return its run directory.
 
-    When the run raises, its traceback goes to ``<run dir>/error.txt`` first,
-    so that the comparison lists it as failed whoever aggregates it later.
+    The job's overrides go to ``<run dir>/overrides.yaml`` first (a later
+    comparison into the same folder reuses the run when they match), and the
+    files of an earlier attempt that would misreport this one (its error,
+    its final checkpoint) are removed. When the run raises, its traceback goes
+    to ``<run dir>/error.txt``, so that the comparison lists it as failed
+    whoever aggregates it later.
     """
     from experiments.training import run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("error.txt", "final.pt"):
+        (run_dir / stale).unlink(missing_ok=True)
+    OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)), run_dir / OVERRIDES_FILE)
     try:
         return str(run(cfg))
     except Exception:
@@ -200,6 +224,8 @@ def launch(jobs: list[Job], plugin: str, params: dict, runs_dir: Path) -> list[O
     if not jobs:
         return []
     _with_repo_on_path()
+    if plugin.startswith("submitit"):
+        print(f"submitting {len(jobs)} jobs; waiting for them all (their logs: {runs_dir / '.submitit'})", flush=True)
     with train_app() as hydra:
         cfg = sweep_config(hydra, plugin, params, runs_dir)
         HydraConfig.instance().set_config(cfg)

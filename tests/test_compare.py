@@ -251,6 +251,30 @@ def test_aggregating_existing_runs_only(synthetic_runs, tmp_path):
     assert set(summary.task) == {"cup-catch"} and len(summary) == 6
 
 
+def test_runs_complete_in_the_folder_with_the_same_settings_are_reused(tmp_path, monkeypatch):
+    import experiments.compare as comparing
+
+    cfg = compare_config("tasks=[cup-catch]", "variants=[stock,pjepa]", "seeds=[1]", "steps=300", "eval_freq=100",
+                         "eval_episodes=2", "reps=100")
+    out = tmp_path / "cmp"
+    jobs = launching.plan(["cup-catch"], [parse_variant("stock"), parse_variant("pjepa")], [1], out / "runs",
+                          comparing.common_overrides(cfg))
+    for job, final in zip(jobs, (500.0, 700.0)):
+        job.run_dir.parent.mkdir(parents=True)
+        run_dir = make_run(tmp_path / "made", "cup-catch", job.variant.preset, job.variant.aux, 1, [100.0, 300.0, final])
+        os.rename(run_dir, job.run_dir)
+    OmegaConf.save(OmegaConf.create(launching.job_overrides(jobs[0])), jobs[0].run_dir / launching.OVERRIDES_FILE)
+    OmegaConf.save(OmegaConf.create([*launching.job_overrides(jobs[1]), "lr=1"]),
+                   jobs[1].run_dir / launching.OVERRIDES_FILE)  # launched with other settings: run again
+    launched = []
+    monkeypatch.setattr(comparing, "launch", lambda todo, *args: launched.extend(todo) or
+                        [launching.Outcome(job, "failed", "ValueError: not run in this test") for job in todo])
+    paths, planned = run_comparison(cfg, out)
+    assert launched == [jobs[1]]
+    assert [(r.variant, r.status) for r in planned] == [("stock", COMPLETE), ("pjepa", FAILED)]
+    assert list(pd.read_csv(out / "jobs.csv").launcher_status) == ["reused", "failed"]
+
+
 # ---------------------------------------------------------------- a tiny sweep through submitit
 
 
