@@ -206,7 +206,8 @@ def sweep_config(hydra, plugin: str, params: dict, runs_dir: Path) -> DictConfig
     chosen, ignored = launcher_overrides(hydra, plugin, params)
     if ignored:
         print(f"hydra/launcher={plugin} has no {', '.join(ignored)}: left out", flush=True)
-    return hydra.compose_config("config", [*chosen, f"hydra.sweep.dir={runs_dir}"], run_mode=RunMode.MULTIRUN)
+    return hydra.compose_config("config", [*chosen, f"hydra.sweep.dir={override_value(str(runs_dir))}"],
+                                run_mode=RunMode.MULTIRUN)
 
 
 def launch(jobs: list[Job], plugin: str, params: dict, runs_dir: Path) -> list[Outcome]:
