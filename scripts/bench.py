@@ -24,6 +24,7 @@ can be faster.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -140,29 +141,24 @@ def main() -> None:
     cases = [(task, s, [], f"{task} s{s}") for s in args.sizes]
     if args.pixels:
         cases.append(("counting", 5, ["obs=rgb", "counting.image_size=64"], "pixels 64x64 s5"))
-    header = [profiling.machine_summary()]
-    lines = []
+    torch.set_num_threads(args.threads[0])
+    auto, reason = precision.choose("auto", torch.device("cpu"))
+    print(f"batch 256, horizon 3, MPPI 6 x 512 samples; median of {args.repeats}, all variants of a case interleaved")
+    print(profiling.machine_summary())
+    print(f"precision=auto here: {auto} ({reason})", flush=True)
     for threads in args.threads:
         torch.set_num_threads(threads)
         rates = profiling.matmul_rates({name: DTYPES[name] for name in args.precision})
-        header.append(f"{threads} thread(s): 1024x512x512 matmul " +
-                      ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items()))
+        print(f"\n{threads} thread(s): 1024x512x512 matmul " +
+              ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items()))
+        print(f"{'thr':>3} {'case':<24} {'prec':<5} | {'update ms':^15} | {'act ms':^15} | {'step ms, vs fp32':^15} | "
+              f"{'floor ms':^20} | {'GFLOP':^13} | {'compile':>7}")
+        print(f"{'':>3} {'':<24} {'':<5} | {'eager':>7} {'compil.':>7} | {'eager':>7} {'compil.':>7} | {'best':>7} {'':>6} | "
+              f"{'update':>6} {'act':>6} {'step':>6} | {'update':>6} {'act':>6} | {'s':>7}", flush=True)
         for task_name, size, extra, label in cases:
             r = time_case(task_name, size, extra, args.precision, args.repeats, args.compile)
-            lines += format_rows(threads, label, r, args.precision, rates)
-            print(f"done: {threads} thread(s), {label}", file=sys.stderr, flush=True)
-    torch.set_num_threads(args.threads[0])
-    auto, reason = precision.choose("auto", torch.device("cpu"))
-
-    print(f"\nbatch 256, horizon 3, MPPI 6 x 512 samples; median of {args.repeats}, all variants of a case interleaved")
-    print("\n".join(header))
-    print(f"precision=auto here: {auto} ({reason})")
-    print(f"{'thr':>3} {'case':<24} {'prec':<5} | {'update ms':^15} | {'act ms':^15} | {'step ms, vs fp32':^15} | "
-          f"{'floor ms':^20} | {'GFLOP':^13} | {'compile':>7}")
-    print(f"{'':>3} {'':<24} {'':<5} | {'eager':>7} {'compil.':>7} | {'eager':>7} {'compil.':>7} | {'best':>7} {'':>6} | "
-          f"{'update':>6} {'act':>6} {'step':>6} | {'update':>6} {'act':>6} | {'s':>7}")
-    print("\n".join(lines))
-
+            print("\n".join(format_rows(threads, label, r, args.precision, rates)), flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
     main()
