@@ -5,10 +5,15 @@
     python train.py task=counting variant=dyn_only
 
 Every run writes into its own directory under runs/: the resolved config,
-train.csv, eval.csv (and analysis.csv on the counting task), checkpoints.
+train.csv, eval.csv (and analysis.csv on the counting task), checkpoints and
+the replay (replay/). A run stopped by SIGTERM or SIGINT writes a resumable
+checkpoint and exits with code 75; ``resume=RUN_DIR`` (or ``resume=true`` with
+a fixed ``hydra.run.dir``) continues it, as it does a run killed outright.
 """
 from __future__ import annotations
 
+import errno
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,11 +25,15 @@ from termcolor import colored
 from envs import MissingDependencyError, UnknownTaskError, make_task_env, task_defaults
 from pjepa_ext.plugin import build_agent
 from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
-from tdmpc2.agent import NonFiniteLossError
+from tdmpc2 import resume
+from tdmpc2.agent import NonFiniteLossError, NonFiniteWeightsError
 from tdmpc2.buffer import EpisodeBuffer
+from tdmpc2.checkpoint import CheckpointError, load_checkpoint
 from tdmpc2.config import ConfigError, choose_device, resolve, set_threads
 from tdmpc2.logger import Logger
+from tdmpc2.replay_files import ReplayFilesError
 from tdmpc2.seeding import seed_everything
+from tdmpc2.signals import stop_on_signals
 from tdmpc2.trainer import OnlineTrainer
 
 
@@ -66,25 +75,59 @@ def describe(cfg: DictConfig, agent, threads: int) -> str:
     return "\n".join(lines)
 
 
+class RunStopped(Exception):
+    """A signal stopped the run after it wrote a resumable checkpoint."""
+
+
+def _drop_unused_hydra_dir(hydra_dir: Path, run_dir: Path) -> None:
+    """Remove the dated folder hydra made for this command when the run continues elsewhere and it holds only an empty log."""
+    if hydra_dir.resolve() == run_dir.resolve() or not hydra_dir.is_dir():
+        return
+    files = list(hydra_dir.iterdir())
+    if all(p.is_file() and p.suffix == ".log" and p.stat().st_size == 0 for p in files):
+        for p in files:
+            p.unlink()
+        hydra_dir.rmdir()
+
+
 def run(cfg: DictConfig) -> Path:
-    """Train with the composed config ``cfg``; return the run directory."""
+    """Train with the composed config ``cfg`` (a new run, or one resumed as ``cfg.resume`` says); return the run directory.
+
+    Raises :class:`RunStopped` when SIGTERM or SIGINT stopped the run.
+    """
     cfg = apply_presets(cfg)
     threads = set_threads(cfg.threads)
     env = make_task_env(cfg, cfg.seed)
     eval_env = make_task_env(cfg, cfg.seed + 10_000)
     cfg = resolve(cfg, env.task_info)
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir, checkpoint = resume.locate(cfg.resume, hydra_dir)
+    payload = None
+    if checkpoint is not None:
+        payload = load_checkpoint(checkpoint)
+        cfg = resume.merge_config(payload["cfg"], cfg)
+        _drop_unused_hydra_dir(hydra_dir, run_dir)
     seed_everything(cfg.seed)
     agent, ext = build_agent(cfg)
     if cfg.compile:
         agent.compile()
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = Logger(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml")
     logger.info(f"run directory: {run_dir}", "yellow")
     logger.info(describe(cfg, agent, threads))
-    buffer = EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed)
-    OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks).train()
+    buffer = EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed,
+                           directory=run_dir / "replay")
+    trainer = OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks)
+    if payload is not None:
+        logger.info(resume.restore(trainer, payload, checkpoint), "yellow")
+    with stop_on_signals(trainer.request_stop):
+        trainer.train()
+    buffer.close()
+    if trainer.stop_signal is not None:
+        args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+        raise RunStopped(f"stopped by {trainer.stop_signal} at step {trainer.step:,}; resume with: "
+                         f"{shlex.join(['python', 'train.py', *args, f'resume={run_dir}'])}")
     return run_dir
 
 
@@ -92,9 +135,19 @@ def run(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, UnknownTaskError, MissingDependencyError, NonFiniteLossError, ValueError) as err:
+    except RunStopped as stopped:
+        print(colored(str(stopped), "yellow"), file=sys.stderr)
+        sys.exit(resume.EXIT_STOPPED)
+    except (ConfigError, UnknownTaskError, MissingDependencyError, NonFiniteLossError, NonFiniteWeightsError,
+            CheckpointError, ReplayFilesError, ValueError) as err:
         print(colored(f"error: {err}", "red"), file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(colored(f"error: {err}. Checkpoints are written atomically: the newest one is intact. "
+                      f"Free space, then continue the run with resume=RUN_DIR", "red"), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

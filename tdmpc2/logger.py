@@ -1,6 +1,7 @@
 """Run logging: coloured console lines and CSV files (pandas) in the run directory."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -40,9 +41,43 @@ class Logger:
         """Record ``row`` under ``kind`` (train, eval, analysis, ...): rewrite its CSV and print it."""
         rows = self._rows.setdefault(kind, [])
         rows.append(dict(row))
-        pd.DataFrame(rows).to_csv(self.run_dir / f"{kind}.csv", index=False)
+        self._write(kind)
         if not self.quiet:
             print(self.format(kind, row), flush=True)
+
+    def _write(self, kind: str) -> None:
+        # A temporary file renamed into place: a run killed while writing keeps the previous CSV whole.
+        path = self.run_dir / f"{kind}.csv"
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pd.DataFrame(self._rows[kind]).to_csv(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def row_counts(self) -> dict[str, int]:
+        """Return how many rows each CSV holds, by kind."""
+        return {kind: len(rows) for kind, rows in self._rows.items()}
+
+    def restore(self, counts: dict[str, int]) -> None:
+        """Continue the CSVs of an earlier run from ``counts`` (:meth:`row_counts` output): keep their first rows, drop later ones.
+
+        Every ``<kind>.csv`` in the run directory is cut to ``counts[kind]``
+        rows (0 when the kind is not counted: the file is removed). Raises
+        ValueError if a CSV holds fewer rows than its count.
+        """
+        frames = {p.stem: pd.read_csv(p) if p.stat().st_size else pd.DataFrame() for p in self.run_dir.glob("*.csv")}
+        for kind, keep in counts.items():
+            found = len(frames.get(kind, ()))
+            if found < keep:
+                raise ValueError(f"{self.run_dir / kind}.csv holds {found} rows; the checkpoint recorded {keep}")
+        self._rows = {}
+        for kind, frame in sorted(frames.items()):
+            if counts.get(kind, 0) == 0:
+                (self.run_dir / f"{kind}.csv").unlink()
+                continue
+            self._rows[kind] = frame.iloc[: counts[kind]].to_dict("records")
+            self._write(kind)
 
     def info(self, message: str, colour: str = "cyan") -> None:
         """Print a coloured message."""
