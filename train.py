@@ -145,8 +145,8 @@ def main(cfg: DictConfig) -> None:
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(colored(f"error: {err}. Checkpoints are written atomically: the newest one is intact. "
-                      f"Free space, then continue the run with resume=RUN_DIR", "red"), file=sys.stderr)
+        print(colored(f"error: {err}. Checkpoints are written atomically, so the newest one is whole: "
+                      f"free space, then continue the run with resume=RUN_DIR", "red"), file=sys.stderr)
         sys.exit(1)
 
 

@@ -86,7 +86,10 @@ def save(trainer, name: str, episode=None, done: bool = True) -> Path:
         "hooks": {_hook_key(i, h): h.state_dict() for i, h in enumerate(trainer.hooks) if hasattr(h, "state_dict")},
         "checkpoints": {**trainer.checkpoints, name: commit.get("serial", 0)},
     }
-    path = save_checkpoint(trainer.run_dir / f"{name}.pt", payload)
+    try:
+        path = save_checkpoint(trainer.run_dir / f"{name}.pt", payload)
+    except OSError as err:
+        raise OSError(err.errno, f"{err.strerror or err} while writing {trainer.run_dir / name}.pt") from err
     trainer.checkpoints = payload["resume"]["checkpoints"]
     _prune(trainer)
     return path

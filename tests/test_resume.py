@@ -7,6 +7,7 @@ enough to wrap several times, so commits roll undo logs back.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -195,6 +196,28 @@ def test_a_model_with_non_finite_weights_is_never_written(builders, tmp_path):
         trainer.checkpoint_payload()  # what best.pt is written from
     assert (tmp_path / "final.pt").read_bytes() == final
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_checkpoints_already_written(builders, tmp_path, monkeypatch):
+    trainer = make_trainer(builders, tmp_path)
+    save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if obj["step"] == 90:
+            f.write(b"PK\x03\x04 part of a zip")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"No space left on device while writing .*step_90.pt"):
+        trainer.train()
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step_30.pt", "step_60.pt"]
+    assert not list(tmp_path.glob(".*.tmp"))
+    resumed = resume_trainer(builders, tmp_path)
+    assert resumed.step == 60
+    resumed.train()
+    assert (tmp_path / "final.pt").exists()
 
 
 # ---------------------------------------------------------------- the config of a resumed run
