@@ -107,6 +107,10 @@ def run(cfg: DictConfig) -> Path:
         payload = load_checkpoint(checkpoint)
         cfg = resume.merge_config(payload["cfg"], cfg)
         _drop_unused_hydra_dir(hydra_dir, run_dir)
+        if resume.finished(checkpoint, payload, cfg):
+            print(colored(f"{checkpoint} ended this run at step {payload['step']:,}: nothing to continue "
+                          f"(raise steps or train_minutes to train on)", "yellow"))
+            return run_dir
     seed_everything(cfg.seed)
     agent, ext = build_agent(cfg)
     if cfg.compile:

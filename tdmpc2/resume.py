@@ -177,6 +177,17 @@ def locate(resume, default_dir: str | Path, log=print) -> tuple[Path, Path | Non
     return run_dir, None
 
 
+def finished(checkpoint: str | Path, payload: dict, cfg) -> bool:
+    """Return whether ``checkpoint`` is the ``final.pt`` of a run with nothing left to do under ``cfg``.
+
+    A finished run continues only when ``steps`` or ``train_minutes`` was raised past where it ended.
+    """
+    if Path(checkpoint).name != "final.pt":
+        return False
+    out_of_time = cfg.train_minutes is not None and payload["elapsed"] >= 60 * cfg.train_minutes
+    return payload["step"] >= cfg.steps or out_of_time
+
+
 def _run_files(run_dir: Path) -> list[str]:
     return sorted({p.name for pattern in _RUN_FILES for p in run_dir.glob(pattern)})
 

@@ -294,6 +294,26 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(b
     assert_same_rows(reference, run_dir)
 
 
+def test_a_finished_run_continues_only_with_more_steps_or_minutes(builders, reference):
+    payload = load_checkpoint(reference / "final.pt")
+    assert resume.finished(reference / "final.pt", payload, resolved(builders))
+    assert not resume.finished(reference / "final.pt", payload, resolved(builders, "steps=400"))
+    assert resume.finished(reference / "final.pt", payload, resolved(builders, "steps=400", "train_minutes=1e-6"))
+    assert not resume.finished(reference / "step_150.pt", load_checkpoint(reference / "step_150.pt"), resolved(builders))
+
+
+def test_a_finished_run_trains_on_when_steps_are_raised(builders, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    trainer = resume_trainer(builders, run_dir, *PLANNING, "steps=220")
+    assert trainer.step == 160
+    trainer.train()
+    assert trainer.step == 220 and load_checkpoint(run_dir / "final.pt")["step"] == 220
+    updates = rows(run_dir, "train")["updates"].tolist()
+    assert updates == list(range(10, trainer.agent.num_updates + 1, 10))
+    assert rows(run_dir, "eval")["step"].tolist() == [50, 100, 150, 160, 200, 220]
+
+
 def test_best_pt_cannot_be_resumed(builders, tmp_path):
     trainer = make_trainer(builders, tmp_path, "steps=50")
     payload = trainer.checkpoint_payload()
