@@ -101,12 +101,13 @@ def run(cfg: DictConfig) -> Path:
     eval_env = make_task_env(cfg, cfg.seed + 10_000)
     cfg = resolve(cfg, env.task_info)
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    if isinstance(cfg.resume, str):
+        _drop_unused_hydra_dir(hydra_dir, Path(cfg.resume))
     run_dir, checkpoint = resume.locate(cfg.resume, hydra_dir)
     payload = None
     if checkpoint is not None:
         payload = load_checkpoint(checkpoint)
         cfg = resume.merge_config(payload["cfg"], cfg)
-        _drop_unused_hydra_dir(hydra_dir, run_dir)
         if resume.finished(checkpoint, payload, cfg):
             print(colored(f"{checkpoint} ended this run at step {payload['step']:,}: nothing to continue "
                           f"(raise steps or train_minutes to train on)", "yellow"))
