@@ -150,8 +150,9 @@ def locate(resume, default_dir: str | Path, log=print) -> tuple[Path, Path | Non
     ``resume`` null/false: a new run in ``default_dir``, which must not hold
     one already. ``true``: the run in ``default_dir`` if it has a resumable
     checkpoint; otherwise a new run there (the files of an attempt that died
-    before its first checkpoint are removed). A path: that run directory,
-    which must hold a resumable checkpoint. Raises :class:`ResumeError`.
+    before its first checkpoint are removed; checkpoints without resume state
+    are an error). A path: that run directory, which must hold a resumable
+    checkpoint. Raises :class:`ResumeError`.
     """
     default_dir = Path(default_dir)
     if resume is None or resume is False:
@@ -168,6 +169,10 @@ def locate(resume, default_dir: str | Path, log=print) -> tuple[Path, Path | Non
     if resume is not True:
         raise ResumeError(f"resume={resume}: {run_dir} holds no resumable checkpoint (step_<N>.pt or final.pt written "
                           f"with resume state); nothing to resume")
+    older = sorted(p.name for p in _candidates(run_dir))
+    if older:
+        raise ResumeError(f"{run_dir} holds checkpoints without resume state ({', '.join(older)}), which cannot be "
+                          f"continued; choose another hydra.run.dir")
     leftovers = _run_files(run_dir)
     if leftovers:
         log(f"{run_dir} holds no resumable checkpoint: starting a new run there (removing {', '.join(leftovers)})")

@@ -20,7 +20,7 @@ from envs import make_task_env
 from tdmpc2 import resume
 from tdmpc2.agent import NonFiniteLossError, NonFiniteWeightsError
 from tdmpc2.buffer import EpisodeBuffer
-from tdmpc2.checkpoint import load_checkpoint
+from tdmpc2.checkpoint import load_checkpoint, save_checkpoint
 from tdmpc2.config import ConfigError, resolve, to_container
 from tdmpc2.logger import Logger
 from tdmpc2.seeding import seed_everything
@@ -276,6 +276,10 @@ def test_resume_true_without_a_checkpoint_starts_afresh_and_clears_the_dead_atte
     assert sorted(p.name for p in tmp_path.iterdir()) == [] and "starting a new run" in messages[0]
     with pytest.raises(resume.ResumeError, match="holds no resumable checkpoint"):
         resume.locate(str(tmp_path), tmp_path / "elsewhere")
+    save_checkpoint(tmp_path / "final.pt", {"step": 5})
+    with pytest.raises(resume.ResumeError, match=r"checkpoints without resume state \(final.pt\)"):
+        resume.locate(True, tmp_path)  # a run from before resume state existed is not cleared away
+    assert (tmp_path / "final.pt").exists()
     with pytest.raises(resume.ResumeError, match="there is no run directory"):
         resume.locate(str(tmp_path / "missing"), tmp_path)
 
