@@ -177,38 +177,36 @@ class ReplayFiles:
     def _append(self, index: torch.Tensor, rows: TensorDict) -> None:
         if self._log is None:
             self._log = open(self.directory / f"undo_{self.serial}.log", "ab")
-        parts = [_RECORD_HEAD, struct.pack("<q", len(index)), index.to(torch.int64).numpy().tobytes()]
-        parts += [np.ascontiguousarray(t.numpy()).tobytes() for _, t in _leaves(rows)]
-        parts.append(_RECORD_TAIL)
-        # One write per record, flushed to the kernel before the ring is touched: a killed process
-        # leaves either the whole record or a cut one (ignored, its rows were not yet overwritten).
-        self._log.write(b"".join(parts))
+        # The record reaches the kernel before the ring is touched: a killed process leaves either the
+        # whole record or one without its tail (ignored: its rows were not yet overwritten).
+        self._log.write(_RECORD_HEAD + struct.pack("<q", len(index)))
+        self._log.write(memoryview(index.to(torch.int64).numpy()).cast("B"))
+        for _, t in _leaves(rows):
+            self._log.write(memoryview(np.ascontiguousarray(t.numpy())).cast("B"))
+        self._log.write(_RECORD_TAIL)
         self._log.flush()
 
     def _read(self, path: Path, td: TensorDict):
-        """Yield ``(index, rows)`` for every whole record of the undo log at ``path``."""
+        """Yield ``(index, rows)`` for every whole record of the undo log at ``path``, reading one record at a time."""
         leaves = [(k, t.dtype, tuple(t.shape[1:]), t[0].numel() * t.element_size()) for k, t in _leaves(td)]
         per_row = sum(n for *_, n in leaves)
-        data = path.read_bytes()
-        pos = 0
-        while pos + 16 <= len(data) and data[pos:pos + 8] == _RECORD_HEAD:
-            (n,) = struct.unpack("<q", data[pos + 8:pos + 16])
-            end = pos + 16 + 8 * n + n * per_row + len(_RECORD_TAIL)
-            if n < 0 or end > len(data) or data[end - len(_RECORD_TAIL):end] != _RECORD_TAIL:
-                break
-            at = pos + 16
-            index = torch.from_numpy(np.frombuffer(data, np.int64, n, at).copy())
-            at += 8 * n
-            fields = {}
-            for key, dtype, shape, size in leaves:
-                array = np.frombuffer(data, _numpy_dtype(dtype), n * size // dtype.itemsize, at).reshape(n, *shape)
-                fields[tuple(key.split("."))] = torch.from_numpy(array.copy())
-                at += n * size
-            rows = TensorDict(batch_size=[n])
-            for key, value in fields.items():
-                rows.set(key, value)
-            yield index, rows
-            pos = end
+        with open(path, "rb") as f:
+            while True:
+                head = f.read(16)
+                if len(head) < 16 or head[:8] != _RECORD_HEAD:
+                    return
+                (n,) = struct.unpack("<q", head[8:])
+                size = 8 * n + n * per_row + len(_RECORD_TAIL)
+                body = f.read(size) if n >= 0 else b""
+                if n < 0 or len(body) < size or body[-len(_RECORD_TAIL):] != _RECORD_TAIL:
+                    return
+                index = torch.from_numpy(np.frombuffer(body, np.int64, n, 0).copy())
+                at, rows = 8 * n, TensorDict(batch_size=[n])
+                for key, dtype, shape, row_size in leaves:
+                    array = np.frombuffer(body, _numpy_dtype(dtype), n * row_size // dtype.itemsize, at)
+                    rows.set(tuple(key.split(".")), torch.from_numpy(array.reshape(n, *shape).copy()))
+                    at += n * row_size
+                yield index, rows
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
