@@ -123,7 +123,8 @@ def run(cfg: DictConfig) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    logger = Logger(run_dir, trackers=create_trackers(cfg, run_dir, config=to_container(cfg)))
+    resumed_at = None if payload is None else payload["updates"]
+    logger = Logger(run_dir, trackers=create_trackers(cfg, run_dir, config=to_container(cfg), resumed_at=resumed_at))
     try:
         agent, ext = build_agent(cfg)
         if cfg.compile:

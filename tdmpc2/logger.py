@@ -118,6 +118,11 @@ class Logger:
         if not self.quiet:
             self._print(colored(message, colour))
 
+    def flush(self) -> None:
+        """Have every tracker hand over what it holds (the CSV files are complete after every row); return None."""
+        for tracker in self.trackers:
+            tracker.flush()
+
     def close(self) -> None:
         """Close the trackers (each once; the CSV files are complete after every row)."""
         trackers, self.trackers = self.trackers, []

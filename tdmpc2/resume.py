@@ -74,6 +74,7 @@ def save(trainer, name: str, episode=None, done: bool = True) -> Path:
     then deleted, with the replay's undo logs only they needed.
     """
     payload = trainer.checkpoint_payload()
+    trainer.logger.flush()  # the trackers hold every row up to the checkpoint: a resumed run does not send them again
     commit = trainer.buffer.commit()
     between_episodes = done or episode is None or not len(episode)
     payload["resume"] = {

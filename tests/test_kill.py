@@ -159,3 +159,34 @@ def test_sigterm_writes_a_checkpoint_and_exits_75_with_the_resume_command(builde
     assert f"resumed from step_{step}.pt" in read_log(run_dir)
     assert_same_rows(reference, run_dir)
 
+
+def test_tensorboard_and_videos_carry_on_after_a_sigkill_and_resume(builders, tmp_path):
+    """Killed past step_120.pt, resumed: TensorBoard ends up with exactly the CSV rows (the rows written twice
+    replace the killed run's copies), and the evaluations after the resume write their videos."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, tracked = tmp_path / "run", ("loggers=[tensorboard]", "save_video=true")
+    process = launch(builders.repo_root, run_dir, *tracked)
+    wait_for(lambda: (run_dir / "step_120.pt").exists(), process, run_dir)
+    wait_for(train_rows_after(run_dir, 125), process, run_dir)  # rows past the checkpoint reach TensorBoard
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    videos_before = {p.name for p in (run_dir / "videos").glob("*.mp4")}
+    assert "eval_step_80.mp4" in videos_before and "eval_step_160.mp4" not in videos_before
+    assert resume.newest_checkpoint(run_dir).name == "step_120.pt"
+    resumed_at = load_checkpoint(run_dir / "step_120.pt")["updates"]
+    finish(builders.repo_root, run_dir, *tracked)
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one per process
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    for kind, column in (("train", "total_loss"), ("eval", "episode_reward")):
+        table = pd.read_csv(run_dir / f"{kind}.csv")
+        logged = [(e.step, e.value) for e in events.Scalars(f"{kind}/{column}")]
+        assert [step for step, _ in logged] == table["updates"].tolist(), kind
+        assert [value for _, value in logged] == pytest.approx(table[column].tolist(), rel=1e-6), kind
+        assert max(step for step, _ in logged) > resumed_at  # written after the resume
+    evaluations = pd.read_csv(run_dir / "eval.csv")
+    assert [e.step for e in events.Images("eval/video")] == evaluations["updates"].tolist()
+    assert evaluations["step"].tolist() == [80, 160, 240]
+    assert {p.name for p in (run_dir / "videos").iterdir()} == {f"eval_step_{s}.mp4" for s in (80, 160, 240)}
