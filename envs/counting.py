@@ -26,6 +26,7 @@ array or a plain Python number. Finite values outside ``[-1, 1]`` are clipped
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Mapping
@@ -433,6 +434,23 @@ class CountingEnv(gymnasium.Env):
     def np_random(self, value: np.random.Generator) -> None:
         gymnasium.Env.np_random.fset(self, value)
         self._discard_corners()
+
+    def rng_state(self) -> dict:
+        """Return a copy of the generator's state and of the positions already drawn but not yet shown."""
+        rng = self._np_random
+        return {"np_random": None if rng is None else copy.deepcopy(rng.bit_generator.state),
+                "corners": self._corners.copy(), "next_corner": self._next_corner}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore a state from :meth:`rng_state`: the following frames are the ones that state would draw."""
+        if state["np_random"] is None:
+            self._np_random = None
+        else:
+            rng = np.random.Generator(getattr(np.random, state["np_random"]["bit_generator"])())
+            rng.bit_generator.state = state["np_random"]
+            self._np_random = rng
+        self._corners = state["corners"].copy()
+        self._next_corner = int(state["next_corner"])
 
     def _discard_corners(self) -> None:
         self._next_corner = self._corners.shape[0]

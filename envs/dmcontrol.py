@@ -134,6 +134,15 @@ class DMControlEnv(gym.Env):
         height, width = DMC_RENDER_SIZE
         return self._env.physics.render(height=height, width=width, camera_id=self.camera)
 
+    def rng_state(self) -> dict:
+        """Returns a copy of the task's random state, which decides the next episodes' initial states."""
+        return {"task": self._env.task.random.get_state(), "unconsumed_seed": self._unconsumed_seed}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restores a state from :meth:`rng_state` (between episodes: the next reset starts the episode it would have)."""
+        self._env.task.random.set_state(state["task"])
+        self._unconsumed_seed = state["unconsumed_seed"]
+
     def close(self):
         """Releases the dm_control physics; returns None."""
         self._env.close()

@@ -8,6 +8,7 @@ stack frames) -> ``NormalizedAction`` -> ``TimeLimit`` (gymnasium's) ->
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from typing import Any, Callable, SupportsFloat
 
@@ -174,6 +175,20 @@ class InfoKeys(gym.Wrapper):
         return info
 
 
+def generator_state(rng: np.random.Generator | None) -> dict | None:
+    """Returns a copy of a NumPy generator's bit-generator state (None for no generator)."""
+    return None if rng is None else copy.deepcopy(rng.bit_generator.state)
+
+
+def generator_from_state(state: dict | None) -> np.random.Generator | None:
+    """Returns a NumPy generator in ``state`` (from :func:`generator_state`), or None."""
+    if state is None:
+        return None
+    rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+    rng.bit_generator.state = state
+    return rng
+
+
 class TaskEnv(gym.Wrapper):
     """Outermost wrapper: carries ``task_info`` and seeds the first reset.
 
@@ -181,6 +196,13 @@ class TaskEnv(gym.Wrapper):
     at construction, so a freshly made env starts reproducibly; later resets
     continue the env's own random stream. The action space is seeded too, so
     ``action_space.sample()`` is reproducible.
+
+    :meth:`rng_state` captures everything random that decides the env's next
+    episodes, and every reset keeps the state it started from in
+    ``episode_start_state``: a resumed run restores it and replays the
+    episode's actions to return the env to where it was. An inner env with
+    random state beyond gymnasium's ``np_random`` defines ``rng_state()`` and
+    ``set_rng_state(state)`` itself.
     """
 
     def __init__(self, env: gym.Env, task_info: Any, seed: int, video_frame: Callable[[], Any] | None = None):
@@ -189,6 +211,7 @@ class TaskEnv(gym.Wrapper):
         self._first_reset_seed: int | None = seed
         self._video_frame = video_frame
         self.action_space.seed(seed)
+        self.episode_start_state: dict | None = None
 
     def render(self) -> np.ndarray:
         """Returns the current video frame, uint8 ``(H, W, 3)``; needs ``make_env(..., render=True)``."""
@@ -204,7 +227,28 @@ class TaskEnv(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Returns ``(observation, info)``; seeded with the make-time seed on first use."""
+        self.episode_start_state = self.rng_state()
         if seed is None:
             seed = self._first_reset_seed
         self._first_reset_seed = None
         return self.env.reset(seed=seed, options=options)
+
+    def rng_state(self) -> dict:
+        """Returns a copy of the random state that decides this env's next reset and episodes."""
+        inner = self.env.unwrapped
+        if hasattr(inner, "rng_state"):
+            own = inner.rng_state()
+        else:
+            own = generator_state(getattr(inner, "_np_random", None))
+        return {"first_reset_seed": self._first_reset_seed, "env": own,
+                "action_space": generator_state(self.action_space.np_random)}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restores a state from :meth:`rng_state`; the next ``reset()`` then starts the episode it would have."""
+        inner = self.env.unwrapped
+        if hasattr(inner, "set_rng_state"):
+            inner.set_rng_state(state["env"])
+        else:
+            inner._np_random = generator_from_state(state["env"])
+        self.action_space._np_random = generator_from_state(state["action_space"])
+        self._first_reset_seed = state["first_reset_seed"]

@@ -2,28 +2,51 @@
 ``scripts/compare.py`` launches for every combination."""
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from termcolor import colored
 
 from envs import MissingDependencyError, UnknownTaskError, make_task_env, task_defaults
 from envs.gl import RenderingUnavailableError, current_choice
 from pjepa_ext.plugin import build_agent
 from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
-from tdmpc2.agent import NonFiniteLossError
+from tdmpc2 import resume
+from tdmpc2.agent import NonFiniteLossError, NonFiniteWeightsError
+from tdmpc2.checkpoint import CheckpointError, load_checkpoint
 from tdmpc2.config import ConfigError, choose_device, resolve, set_threads, to_container, validate
 from tdmpc2.extras import MissingExtraError, require_for_config
 from tdmpc2.logger import Logger
+from tdmpc2.replay_files import ReplayFilesError
 from tdmpc2.seeding import seed_everything
+from tdmpc2.signals import stop_on_signals
 from tdmpc2.stacked_replay import make_replay
 from tdmpc2.trackers import TrackerError, create_trackers
 from tdmpc2.trainer import OnlineTrainer
 
 #: errors that stop a run with a one-line message (train.py exits with code 2 on them)
 USER_ERRORS = (ConfigError, UnknownTaskError, MissingDependencyError, MissingExtraError, TrackerError,
-               NonFiniteLossError, RenderingUnavailableError, ValueError)
+               NonFiniteLossError, NonFiniteWeightsError, CheckpointError, ReplayFilesError,
+               RenderingUnavailableError, ValueError)
+
+
+class RunStopped(Exception):
+    """A signal stopped the run after it wrote a resumable checkpoint."""
+
+
+def _drop_unused_hydra_dir(hydra_dir: Path, run_dir: Path) -> None:
+    """Remove the dated folder hydra made for this command when the run continues elsewhere and it holds only an empty log."""
+    if hydra_dir.resolve() == run_dir.resolve() or not hydra_dir.is_dir():
+        return
+    files = list(hydra_dir.iterdir())
+    if all(p.is_file() and p.suffix == ".log" and p.stat().st_size == 0 for p in files):
+        for p in files:
+            p.unlink()
+        hydra_dir.rmdir()
 
 
 def apply_presets(cfg: DictConfig) -> DictConfig:
@@ -68,7 +91,10 @@ def describe(cfg: DictConfig, agent, threads: int) -> str:
 
 
 def run(cfg: DictConfig) -> Path:
-    """Train with the composed config ``cfg``; return the run directory."""
+    """Train with the composed config ``cfg`` (a new run, or one resumed as ``cfg.resume`` says); return the run directory.
+
+    Raises :class:`RunStopped` when SIGTERM or SIGINT stopped the run.
+    """
     cfg = apply_presets(cfg)
     validate(cfg)
     require_for_config(cfg)  # a missing tracker or video package stops the run before anything is built
@@ -77,20 +103,41 @@ def run(cfg: DictConfig) -> Path:
     eval_env = make_task_env(cfg, cfg.seed + 10_000, render=cfg.save_video)
     env = make_task_env(cfg, cfg.seed)
     cfg = resolve(cfg, env.task_info)
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    if isinstance(cfg.resume, str):
+        _drop_unused_hydra_dir(hydra_dir, Path(cfg.resume))
+    run_dir, checkpoint = resume.locate(cfg.resume, hydra_dir)
+    payload = None
+    if checkpoint is not None:
+        payload = load_checkpoint(checkpoint)
+        cfg = resume.merge_config(payload["cfg"], cfg)
+        if resume.finished(checkpoint, payload, cfg):
+            print(colored(f"{checkpoint} ended this run at step {payload['step']:,}: nothing to continue "
+                          f"(raise steps or train_minutes to train on)", "yellow"))
+            return run_dir
     seed_everything(cfg.seed)
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    logger = Logger(run_dir, trackers=create_trackers(cfg, run_dir, config=to_container(cfg)))
+    resumed_at = None if payload is None else payload["updates"]
+    logger = Logger(run_dir, trackers=create_trackers(cfg, run_dir, config=to_container(cfg), resumed_at=resumed_at))
     try:
         agent, ext = build_agent(cfg)
         if cfg.compile:
             agent.compile()
         logger.info(f"run directory: {run_dir}", "yellow")
         logger.info(describe(cfg, agent, threads))
-        buffer = make_replay(cfg)
-        OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks).train()
+        buffer = make_replay(cfg, directory=run_dir / "replay")
+        trainer = OnlineTrainer(cfg, env, eval_env, agent, buffer, logger, run_dir, hooks=ext.hooks)
+        if payload is not None:
+            logger.info(resume.restore(trainer, payload, checkpoint), "yellow")
+        with stop_on_signals(trainer.request_stop):
+            trainer.train()
+        buffer.close()
     finally:
         logger.close()
+    if trainer.stop_signal is not None:
+        args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+        raise RunStopped(f"stopped by {trainer.stop_signal} at step {trainer.step:,}; resume with: "
+                         f"{shlex.join(['python', 'train.py', *args, f'resume={run_dir}'])}")
     return run_dir

@@ -49,6 +49,14 @@ class AnalysisHook:
             payload["analysis"] = row
             save_checkpoint(trainer.run_dir / "best.pt", payload)
 
+    def state_dict(self) -> dict:
+        """Return the best held-out accuracy so far (the score behind ``best.pt``), for a resumed run."""
+        return {"best_accuracy": self.best_accuracy}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` output."""
+        self.best_accuracy = float(state["best_accuracy"])
+
     def on_update(self, trainer) -> None:
         """Measure at the first update and every ``analysis_freq`` updates."""
         n = trainer.agent.num_updates

@@ -2,7 +2,7 @@
 
     python scripts/reproduce_figure2.py                      # the size preset's budget per variant
     python scripts/reproduce_figure2.py --minutes 10 --parallel 2
-    python scripts/reproduce_figure2.py --out runs/figure2/try1 --reuse   # re-analyse finished runs
+    python scripts/reproduce_figure2.py --out runs/figure2/try1 --reuse   # re-analyse finished runs, continue stopped ones
     python scripts/reproduce_figure2.py --minutes 2 batch_size=64         # extra overrides go to train.py
 
 Variants (pjepa_ext.figure2.VARIANTS): reward auxiliary (variant=pjepa aux=reward),
@@ -55,7 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--reuse", action="store_true",
-                        help="skip training a variant whose run directory already has final.pt")
+                        help="skip training a variant whose run directory already has final.pt "
+                             "(one that was stopped continues from its newest checkpoint)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for train.py, e.g. batch_size=64")
     args = parser.parse_args(argv)
     if args.minutes is not None and not args.minutes > 0:
@@ -67,7 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown or not args.variants:
         parser.error(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
     owned = [o for o in args.overrides if o.split("=")[0].lstrip("+~") in ("variant", "aux", "task", "exp_name",
-                                                                           "hydra.run.dir", "seed")]
+                                                                           "hydra.run.dir", "seed", "resume")]
     if owned:
         parser.error(f"overrides {owned} are set by this script (use --seed, --variants)")
     if args.out is None:
@@ -78,8 +79,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def train_command(name: str, args: argparse.Namespace) -> list[str]:
     """Return the train.py command line of variant ``name``."""
     overrides, _ = VARIANTS[name]
+    # resume=true: a variant whose earlier attempt was stopped continues from its newest checkpoint.
     cmd = [sys.executable, str(ROOT / "train.py"), "task=counting", *overrides, f"exp_name=fig2_{name}",
-           f"seed={args.seed}", f"hydra.run.dir={args.out.resolve() / name}"]
+           f"seed={args.seed}", f"hydra.run.dir={args.out.resolve() / name}", "resume=true"]
     if args.minutes is not None:
         cmd.append(f"train_minutes={args.minutes}")
     if args.parallel > 1 and not any(o.startswith("threads=") for o in args.overrides):

@@ -35,6 +35,10 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss becomes NaN or infinite."""
 
 
+class NonFiniteWeightsError(FloatingPointError):
+    """Raised instead of writing a checkpoint whose weights are not all finite."""
+
+
 class TDMPC2:
     """TD-MPC2: a world model trained from replayed sub-trajectories, acting by MPPI planning.
 
@@ -79,7 +83,7 @@ class TDMPC2:
 
     # -- persistence --------------------------------------------------------
     def state_dict(self) -> dict:
-        """Return everything needed to resume or evaluate: weights, optimisers, Q scale, update count."""
+        """Return everything needed to resume or evaluate: weights, optimisers, Q scale, update count, plan warm start."""
         return {
             "model": self.model.state_dict(),
             "extra_losses": self.extra_losses.state_dict(),
@@ -87,6 +91,7 @@ class TDMPC2:
             "pi_optim": self.pi_optim.state_dict(),
             "scale": self.scale.state_dict(),
             "num_updates": self.num_updates,
+            "plan_mean": self._prev_mean.clone(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -97,6 +102,16 @@ class TDMPC2:
         self.pi_optim.load_state_dict(state["pi_optim"])
         self.scale.load_state_dict(state["scale"])
         self.num_updates = int(state["num_updates"])
+        if "plan_mean" in state:  # absent from checkpoints written before it was saved
+            self._prev_mean.copy_(state["plan_mean"])
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteWeightsError` naming the first parameter or buffer that holds NaN or infinity."""
+        for prefix, module in (("model", self.model), ("extra_losses", self.extra_losses), ("scale", self.scale)):
+            for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise NonFiniteWeightsError(f"non-finite values in {prefix}.{name} after {self.num_updates} updates; "
+                                                f"no checkpoint is written from this model")
 
     def train(self, mode: bool = True) -> None:
         """Put the networks in training (dropout, augmentation on) or evaluation mode."""

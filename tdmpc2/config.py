@@ -20,7 +20,8 @@ MODEL_SIZES = {
 
 _POSITIVE_INTS = ("steps", "batch_size", "horizon", "iterations", "num_samples", "num_elites",
                   "buffer_size", "random_action_repeat", "simnorm_dim", "dynamics_layers", "log_freq")
-_NON_NEGATIVE = ("eval_episodes", "eval_freq", "save_freq", "num_pi_trajs", "updates_per_step", "shift_pad", "analysis_freq")
+_NON_NEGATIVE = ("eval_episodes", "eval_freq", "save_freq", "num_pi_trajs", "updates_per_step", "shift_pad", "analysis_freq",
+                 "keep_checkpoints")
 _POSITIVE_FLOATS = ("lr", "enc_lr_scale", "grad_clip_norm", "tau", "rho", "max_std", "min_std", "temperature")
 
 
@@ -95,6 +96,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"min_std ({cfg.min_std}) must not exceed max_std ({cfg.max_std})")
     if cfg.train_minutes is not None and not cfg.train_minutes > 0:
         raise ConfigError(f"train_minutes must be positive or null, got {cfg.train_minutes!r}")
+    if not (cfg.resume is None or isinstance(cfg.resume, bool) or (isinstance(cfg.resume, str) and cfg.resume.strip())):
+        raise ConfigError(f"resume={cfg.resume!r}; allowed values: null or false (a new run), true (continue the run "
+                          f"in hydra.run.dir if it has a checkpoint), or the path of a run directory")
     _validate_outputs(cfg)
 
 

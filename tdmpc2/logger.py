@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -65,7 +66,7 @@ class Logger:
         """Record ``row`` under ``kind`` (train, eval, analysis, ...): rewrite its CSV, print it, send it to the trackers."""
         rows = self._rows.setdefault(kind, [])
         rows.append(dict(row))
-        pd.DataFrame(rows).to_csv(self.run_dir / f"{kind}.csv", index=False)
+        self._write(kind)
         if self.trackers:
             values, step = scalars(row), tracker_step(row)
             for tracker in self.trackers:
@@ -78,10 +79,49 @@ class Logger:
         for tracker in self.trackers:
             tracker.log_video(name, path, frames, fps, step)
 
+    def _write(self, kind: str) -> None:
+        # A temporary file renamed into place: a run killed while writing keeps the previous CSV whole.
+        path = self.run_dir / f"{kind}.csv"
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pd.DataFrame(self._rows[kind]).to_csv(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def row_counts(self) -> dict[str, int]:
+        """Return how many rows each CSV holds, by kind."""
+        return {kind: len(rows) for kind, rows in self._rows.items()}
+
+    def restore(self, counts: dict[str, int]) -> None:
+        """Continue the CSVs of an earlier run from ``counts`` (:meth:`row_counts` output): keep their first rows, drop later ones.
+
+        Every ``<kind>.csv`` in the run directory is cut to ``counts[kind]``
+        rows (0 when the kind is not counted: the file is removed). Raises
+        ValueError if a CSV holds fewer rows than its count.
+        """
+        frames = {p.stem: pd.read_csv(p) if p.stat().st_size else pd.DataFrame() for p in self.run_dir.glob("*.csv")}
+        for kind, keep in counts.items():
+            found = len(frames.get(kind, ()))
+            if found < keep:
+                raise ValueError(f"{self.run_dir / kind}.csv holds {found} rows; the checkpoint recorded {keep}")
+        self._rows = {}
+        for kind, frame in sorted(frames.items()):
+            if counts.get(kind, 0) == 0:
+                (self.run_dir / f"{kind}.csv").unlink()
+                continue
+            self._rows[kind] = frame.iloc[: counts[kind]].to_dict("records")
+            self._write(kind)
+
     def info(self, message: str, colour: str = "cyan") -> None:
         """Print a coloured message."""
         if not self.quiet:
             self._print(colored(message, colour))
+
+    def flush(self) -> None:
+        """Have every tracker hand over what it holds (the CSV files are complete after every row); return None."""
+        for tracker in self.trackers:
+            tracker.flush()
 
     def close(self) -> None:
         """Close the trackers (each once; the CSV files are complete after every row)."""

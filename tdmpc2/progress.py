@@ -34,11 +34,14 @@ class RunProgress:
     """The run's bar; every call is a no-op when ``enabled`` is false.
 
     ``tick`` is cheap enough to call at every environment step and update: it
-    redraws at most once per ``interval`` seconds.
+    redraws at most once per ``interval`` seconds. A resumed run's bar starts
+    at the run's ``step``, ``updates`` and ``elapsed`` seconds, so that its
+    rate and time left count only what this process does.
     """
 
     def __init__(self, steps: int, train_minutes: float | None, enabled: bool, phase: str = "",
-                 file: TextIO | None = None, interval: float = 0.5):
+                 file: TextIO | None = None, interval: float = 0.5, step: int = 0, updates: int = 0,
+                 elapsed: float = 0.0):
         self.minutes = train_minutes
         self.interval = interval
         self._bar = None
@@ -49,11 +52,13 @@ class RunProgress:
             common = dict(file=file, mininterval=0, miniters=1, dynamic_ncols=sized, ncols=None if sized else 100,
                           nrows=None if sized else 24, desc=phase, leave=True)
             if train_minutes is not None:
-                self._bar = tqdm(total=float(train_minutes), bar_format=_MINUTES_FORMAT, **common)
+                self._bar = tqdm(total=float(train_minutes), initial=min(elapsed / 60.0, float(train_minutes)),
+                                 bar_format=_MINUTES_FORMAT, **common)
             else:
-                self._bar = tqdm(total=int(steps), unit="step", unit_scale=False, bar_format=_STEPS_FORMAT, **common)
+                self._bar = tqdm(total=int(steps), initial=min(int(step), int(steps)), unit="step", unit_scale=False,
+                                 bar_format=_STEPS_FORMAT, **common)
         self._next_draw = 0.0
-        self._last = (time.monotonic(), 0)  # (time, updates) of the last rate measurement
+        self._last = (time.monotonic(), updates)  # (time, updates) of the last rate measurement
         self._rate: float | None = None
 
     @property

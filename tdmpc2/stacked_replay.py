@@ -65,11 +65,12 @@ class FrameStackBuffer(EpisodeBuffer):
         return batch
 
 
-def make_replay(cfg) -> EpisodeBuffer:
+def make_replay(cfg, **kwargs) -> EpisodeBuffer:
     """Return the replay buffer of a resolved run config: single frames stacked on sampling when the task
-    stacks frames (``cfg.frame_stack > 1``), else whole observations."""
+    stacks frames (``cfg.frame_stack > 1``), else whole observations. ``kwargs`` go to the buffer
+    (``directory=``: keep its rows on disk there)."""
     frame_stack = int(cfg.get("frame_stack", 1) or 1)
     if frame_stack > 1:
         return FrameStackBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed,
-                                frame_stack=frame_stack)
-    return EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed)
+                                frame_stack=frame_stack, **kwargs)
+    return EpisodeBuffer(cfg.buffer_capacity, cfg.batch_size, cfg.horizon, cfg.device, seed=cfg.seed, **kwargs)

@@ -10,6 +10,13 @@ environment step, at the end of seeding.
 
 Each backend is an optional extra (``pip install -e ".[wandb]"``,
 ``".[tensorboard]"``); its package is imported only when the tracker is made.
+
+A resumed run (``resume=...``) continues its trackers: W&B the same W&B run
+(its id is kept in ``<run dir>/wandb/run_id``), TensorBoard the same folder,
+in a new event file that starts with TensorBoard's restart marker at the
+checkpoint's updates + 1. Rows the CSV files already hold are not sent again;
+rows a killed run logged after its last checkpoint are sent again by the
+resumed one (the same values on the CPU).
 """
 from __future__ import annotations
 
@@ -49,6 +56,9 @@ class Tracker(Protocol):
     def attach_config(self, config: dict) -> None:
         """Attach the run's resolved config."""
 
+    def flush(self) -> None:
+        """Hand everything recorded so far to the backend's files or service (before each checkpoint)."""
+
     def close(self) -> None:
         """Flush and finish."""
 
@@ -79,17 +89,24 @@ class WandbTracker:
     """Logs to a Weights & Biases run whose local files live in ``<run_dir>/wandb``."""
 
     def __init__(self, run_dir: str | Path, project: str, entity: str | None, group: str, name: str,
-                 mode: str | None = None):
+                 mode: str | None = None, run_id: str | None = None):
         require("wandb", "loggers=[wandb]")
         import wandb
 
         self._wandb = wandb
         try:
+            # With run_id (a resumed run) W&B continues that W&B run; online it ignores steps it already holds.
             self._run = wandb.init(project=project, entity=entity, group=group, name=name, mode=mode,
-                                   dir=str(run_dir), job_type="train")
+                                   dir=str(run_dir), job_type="train", id=run_id,
+                                   resume="allow" if run_id else None)
         except Exception as err:  # wandb raises several types (UsageError, CommError, timeouts)
             raise TrackerError(f"wandb could not start: {err}. Log in with `wandb login`, or log locally with "
                                f"wandb.mode=offline (or WANDB_MODE=offline) and upload later with `wandb sync`") from err
+
+    @property
+    def run_id(self) -> str:
+        """Return the W&B run's id."""
+        return self._run.id
 
     def log_scalars(self, kind: str, values: Mapping[str, float], step: int) -> None:
         """Record ``values`` as ``<kind>/<name>`` at W&B step ``step``."""
@@ -103,6 +120,9 @@ class WandbTracker:
         """Set the W&B run's config to ``config``."""
         self._run.config.update(config, allow_val_change=True)
 
+    def flush(self) -> None:
+        """Return None: W&B hands each record to its service process as it is logged."""
+
     def close(self) -> None:
         """Finish the W&B run and wait until its records are written (``finish`` alone may return earlier)."""
         self._run.finish()
@@ -112,14 +132,20 @@ class WandbTracker:
 class TensorBoardTracker:
     """Writes TensorBoard event files into ``<run_dir>/tensorboard`` (``tensorboard --logdir runs``)."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, purge_step: int | None = None):
         require("tensorboard", "loggers=[tensorboard]")
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from torch.utils.tensorboard import summary
         from torch.utils.tensorboard.writer import FileWriter
 
         self._summary = summary
         self.log_dir = Path(run_dir) / "tensorboard"
         self._writer = FileWriter(str(self.log_dir), flush_secs=30)  # TensorBoard sees a live run within 30 s
+        if purge_step is not None:
+            # A restarted run's marker (as SummaryWriter(purge_step=...) writes it): TensorBoard's event loader
+            # drops the points at x >= purge_step that earlier event files hold.
+            self._writer.add_event(Event(step=purge_step, file_version="brain.Event:2"))
+            self._writer.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
     def log_scalars(self, kind: str, values: Mapping[str, float], step: int) -> None:
         """Write each value as scalar ``<kind>/<name>`` at global step ``step``."""
@@ -138,6 +164,10 @@ class TensorBoardTracker:
         """Write the config as the text summary ``config`` (YAML, shown verbatim)."""
         text = "\n".join("    " + line for line in OmegaConf.to_yaml(OmegaConf.create(config)).splitlines())
         self._writer.add_summary(self._summary.text("config", text), 0)
+
+    def flush(self) -> None:
+        """Write the queued events to the event file."""
+        self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file."""
@@ -164,9 +194,18 @@ def _gif_bytes(frames: Sequence[np.ndarray], fps: float, side: int) -> tuple[byt
     return buffer.getvalue(), images[0].height, images[0].width
 
 
-def create_trackers(cfg, run_dir: str | Path, config: dict | None = None) -> list[Tracker]:
+#: where a run keeps the id of its W&B run, relative to the run directory (a resumed run continues that W&B run)
+WANDB_RUN_ID_FILE = Path("wandb") / "run_id"
+
+
+def create_trackers(cfg, run_dir: str | Path, config: dict | None = None,
+                    resumed_at: int | None = None) -> list[Tracker]:
     """Return one tracker per name in ``cfg.loggers`` (in that order), each given ``config`` when it is not None.
 
+    ``resumed_at`` is None for a new run; for a resumed one, the updates of the
+    checkpoint it continues from: W&B then continues the W&B run whose id the
+    run directory keeps (a new one if it keeps none), and TensorBoard marks the
+    restart at ``resumed_at + 1`` (the rows up to the checkpoint stay).
     Raises ValueError for an unknown name, :class:`tdmpc2.extras.MissingExtraError`
     for a backend that is not installed and :class:`TrackerError` for one that
     cannot start; trackers already started are closed first.
@@ -179,9 +218,16 @@ def create_trackers(cfg, run_dir: str | Path, config: dict | None = None) -> lis
         for name in cfg.loggers:
             if name == "wandb":
                 group, run_name = wandb_names(cfg)
-                tracker = WandbTracker(run_dir, cfg.wandb.project, cfg.wandb.entity, group, run_name, cfg.wandb.mode)
+                id_file = Path(run_dir) / WANDB_RUN_ID_FILE
+                run_id = None
+                if resumed_at is not None and id_file.is_file():
+                    run_id = id_file.read_text().strip() or None
+                tracker = WandbTracker(run_dir, cfg.wandb.project, cfg.wandb.entity, group, run_name, cfg.wandb.mode,
+                                       run_id=run_id)
+                id_file.parent.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(tracker.run_id + "\n")
             else:
-                tracker = TensorBoardTracker(run_dir)
+                tracker = TensorBoardTracker(run_dir, purge_step=None if resumed_at is None else resumed_at + 1)
             trackers.append(tracker)
             if config is not None:
                 tracker.attach_config(config)

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from tdmpc2 import resume
 from tdmpc2.agent import TDMPC2
 from tdmpc2.buffer import EpisodeBuffer
-from tdmpc2.checkpoint import save_checkpoint
 from tdmpc2.config import to_container
 from tdmpc2.logger import Logger
 from tdmpc2.progress import RunProgress, on_terminal
@@ -22,7 +22,11 @@ DEFAULT_VIDEO_FPS = 30
 
 
 class TrainingHook(Protocol):
-    """Called by the trainer; an extension uses it for periodic analysis."""
+    """Called by the trainer; an extension uses it for periodic analysis.
+
+    A hook with state a resumed run must continue from also defines
+    ``state_dict()`` and ``load_state_dict(state)``.
+    """
 
     def on_update(self, trainer: "OnlineTrainer") -> None: ...
 
@@ -39,7 +43,8 @@ class EpisodeRecorder:
 
     def __init__(self, info_keys: Iterable[str], action_dim: int):
         self.info_keys, self.action_dim = list(info_keys), action_dim
-        self._obs: list = []
+        self._obs, self._action, self._reward, self._terminated = [], [], [], []
+        self._info = {k: [] for k in self.info_keys}
 
     def start(self, obs, info: dict) -> None:
         """Begin a new episode at its reset observation."""
@@ -60,6 +65,29 @@ class EpisodeRecorder:
         """Return the number of observations recorded (steps + 1)."""
         return len(self._obs)
 
+    @property
+    def last_obs(self):
+        """Return the latest observation (None before the episode starts)."""
+        return self._obs[-1] if self._obs else None
+
+    def total_reward(self) -> float:
+        """Return the sum of the rewards so far, added in step order."""
+        total = 0.0
+        for reward in self._reward[1:]:
+            total += reward
+        return total
+
+    def state_dict(self) -> dict:
+        """Return everything recorded so far (lists of the arrays and numbers of each step)."""
+        return {"obs": list(self._obs), "action": list(self._action), "reward": list(self._reward),
+                "terminated": list(self._terminated), "info": {k: list(v) for k, v in self._info.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the episode recorded in :meth:`state_dict` output."""
+        self._obs, self._action = list(state["obs"]), list(state["action"])
+        self._reward, self._terminated = list(state["reward"]), list(state["terminated"])
+        self._info = {k: list(v) for k, v in state["info"].items()}
+
     def to_tensordict(self) -> TensorDict:
         """Return the episode as a TensorDict of length ``len(self)``."""
         n = len(self._obs)
@@ -76,11 +104,16 @@ class EpisodeRecorder:
         )
 
 
-def run_episodes(env, agent: TDMPC2, episodes: int, on_episode=None,
+class EvaluationInterrupted(Exception):
+    """Raised by :func:`run_episodes` when its ``should_stop`` callback asks it to stop."""
+
+
+def run_episodes(env, agent: TDMPC2, episodes: int, on_episode=None, should_stop=None,
                  frames: list | None = None) -> tuple[list[float], list[float]]:
     """Play ``episodes`` episodes with ``agent.act(eval_mode=True)``; return per-episode rewards and successes.
 
-    ``on_episode(index, reward, steps)`` is called after each episode when given.
+    ``on_episode(index, reward, steps)`` is called after each episode when given;
+    :class:`EvaluationInterrupted` is raised as soon as ``should_stop()`` is true.
     When ``frames`` is a list, the first episode's video frames (``env.render()``
     at reset and after each step: steps + 1 of them) are appended to it.
     """
@@ -92,6 +125,8 @@ def run_episodes(env, agent: TDMPC2, episodes: int, on_episode=None,
             frames.append(env.render())
         done, total, success, t = False, 0.0, 0.0, 0
         while not done:
+            if should_stop is not None and should_stop():
+                raise EvaluationInterrupted
             action = agent.act(obs, t0=t == 0, eval_mode=True)
             obs, reward, terminated, truncated, info = env.step(action.numpy())
             if record:
@@ -125,6 +160,15 @@ class RandomPolicy:
         self._left -= 1
         return self._action
 
+    def state_dict(self) -> dict:
+        """Return the generator's state and the held action."""
+        return {"rng": self.rng.bit_generator.state, "action": self._action, "left": self._left}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` output."""
+        self.rng.bit_generator.state = state["rng"]
+        self._action, self._left = state["action"], state["left"]
+
 
 class OnlineTrainer:
     """Runs TD-MPC2's online loop and writes ``train.csv``, ``eval.csv``, checkpoints and (``save_video``)
@@ -143,7 +187,13 @@ class OnlineTrainer:
         self._last_log = (time.time(), 0, 0)
         self._stop = False
         self._last_eval: tuple[int, int] | None = None
+        self._last_save: int | None = None
         self.short_episodes = 0
+        self.stop_signal: str | None = None  # the signal that asked the run to stop
+        self._step_open = False  # a stop came while the current step still owed updates
+        self._update_base = agent.num_updates
+        self.checkpoints: dict[str, int] = {}  # resumable checkpoints kept: name -> replay commit (tdmpc2.resume)
+        self.resume_loop: dict | None = None  # the episode a resumed run continues (tdmpc2.resume.restore)
         self.progress = RunProgress(cfg.steps, cfg.train_minutes, enabled=False)
 
     # -- helpers ------------------------------------------------------------
@@ -155,6 +205,29 @@ class OnlineTrainer:
     def _out_of_time(self) -> bool:
         return self.cfg.train_minutes is not None and self.elapsed >= 60 * self.cfg.train_minutes
 
+    def request_stop(self, signal_name: str) -> None:
+        """Stop after the current update and write a resumable checkpoint (called on SIGTERM/SIGINT)."""
+        self.stop_signal, self._stop = signal_name, True
+
+    def _updates_owed(self) -> int:
+        """Return the updates the current step still owes: the pretraining burst at the end of seeding, then ``updates_per_step``."""
+        cfg = self.cfg
+        if self.step < cfg.seed_steps:
+            return 0
+        due = cfg.pretrain_updates + (self.step - cfg.seed_steps) * cfg.updates_per_step
+        return due - (self.agent.num_updates - self._update_base)
+
+    def _finish_step(self) -> None:
+        """Run the updates the step owes, then count it; a stop that comes first leaves the step open."""
+        while not self._stop and self._updates_owed() > 0:
+            self._update()
+        self._step_open = self._updates_owed() > 0
+        if not self._step_open:
+            self.step += 1
+            if self.step == self.cfg.seed_steps + 1:
+                self.progress.phase("training")
+        self.progress.tick(self.step, self.agent.num_updates, self.elapsed)
+
     def _store(self, episode: EpisodeRecorder) -> None:
         # Sub-trajectories span horizon+1 observations; shorter episodes cannot be sampled.
         if len(episode) < self.cfg.horizon + 1:
@@ -163,22 +236,60 @@ class OnlineTrainer:
         self.buffer.add(episode.to_tensordict())
 
     def checkpoint_payload(self) -> dict:
-        """Return what a checkpoint holds: agent state, resolved config, progress counters."""
+        """Return what a checkpoint holds: agent state, resolved config, progress counters.
+
+        Raises :class:`~tdmpc2.agent.NonFiniteWeightsError` if a weight is NaN or infinite: no checkpoint
+        (``best.pt``, ``final.pt`` or periodic) is ever written from such a model.
+        """
+        self.agent.check_finite()
         return {"agent": self.agent.state_dict(), "cfg": to_container(self.cfg), "step": self.step,
                 "updates": self.agent.num_updates, "elapsed": self.elapsed}
 
-    def save(self, name: str) -> Path:
-        """Write checkpoint ``<run_dir>/<name>.pt`` atomically; return its path."""
-        return save_checkpoint(self.run_dir / f"{name}.pt", self.checkpoint_payload())
+    def save(self, name: str, episode: EpisodeRecorder | None = None, done: bool = True) -> Path:
+        """Write checkpoint ``<run_dir>/<name>.pt`` atomically, resumable from this point of the loop; return its path.
+
+        ``episode`` is the episode in progress and ``done`` whether it has ended (see :mod:`tdmpc2.resume`).
+        """
+        return resume.save(self, name, episode, done)
+
+    def _save_stopped(self, episode: EpisodeRecorder, done: bool) -> None:
+        """Write the resumable checkpoint of a run a signal stopped, and say so."""
+        path = self.save(f"step_{self.step}", episode, done)
+        self.logger.info(f"stopped by {self.stop_signal} at step {self.step:,} ({self.agent.num_updates:,} updates); "
+                         f"resumable checkpoint: {path}", "yellow")
+
+    def state_dict(self) -> dict:
+        """Return the loop's counters and running statistics, from which a resumed run continues."""
+        return {"step": self.step, "step_open": self._step_open, "update_base": self._update_base,
+                "last_eval": self._last_eval, "last_save": self._last_save, "short_episodes": self.short_episodes,
+                "episode_rewards": self._episode_rewards[-10:], "metrics": list(self._metrics),
+                "last_log": self._last_log[1:], "elapsed": self.elapsed, "random_policy": self.random_policy.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` output (the elapsed time counts on from where it was)."""
+        self.step, self._step_open, self._update_base = state["step"], state["step_open"], state["update_base"]
+        self._last_eval, self._last_save = state["last_eval"], state["last_save"]
+        self.short_episodes = state["short_episodes"]
+        self._episode_rewards, self._metrics = list(state["episode_rewards"]), list(state["metrics"])
+        now = time.time()
+        self._last_log = (now, *state["last_log"])
+        self.start_time = now - state["elapsed"]
+        self.random_policy.load_state_dict(state["random_policy"])
+        self._stop = self._out_of_time()
 
     # -- evaluation ---------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Run ``eval_episodes`` episodes with the planner (eval mode); return mean reward and success.
 
+        Evaluation draws from torch's generators forked for it, so it never changes what training draws.
         With ``save_video`` the first episode is recorded as ``videos/eval_step_<step>.mp4`` and sent to the trackers.
+        Raises :class:`EvaluationInterrupted` when a stop is requested (no video is written then).
         """
         frames: list | None = [] if self.cfg.save_video else None
-        rewards, successes = run_episodes(self.eval_env, self.agent, self.cfg.eval_episodes, frames=frames)
+        cuda = [self.agent.device.index or 0] if self.agent.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            rewards, successes = run_episodes(self.eval_env, self.agent, self.cfg.eval_episodes,
+                                              should_stop=lambda: self.stop_signal is not None, frames=frames)
         if frames:
             fps = self.eval_env.metadata.get("render_fps") or DEFAULT_VIDEO_FPS
             path = write_mp4(self.run_dir / "videos" / f"eval_step_{self.step}.mp4", frames, fps)
@@ -186,11 +297,18 @@ class OnlineTrainer:
         return {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes))}
 
     def _log_eval(self) -> None:
-        self._last_eval = (self.step, self.agent.num_updates)
+        start = self.eval_env.rng_state()
         self.progress.phase("evaluating")
-        row = {"step": self.step, "updates": self.agent.num_updates, **self.evaluate(), "elapsed": self.elapsed}
+        try:
+            result = self.evaluate()
+        except EvaluationInterrupted:
+            self.eval_env.set_rng_state(start)  # a resumed run evaluates these episodes again
+            return
+        finally:
+            self.progress.phase(self._phase())
+        self._last_eval = (self.step, self.agent.num_updates)
+        row = {"step": self.step, "updates": self.agent.num_updates, **result, "elapsed": self.elapsed}
         self.logger.log("eval", row)
-        self.progress.phase(self._phase())
 
     def _phase(self) -> str:
         if self.step < self.cfg.seed_steps:
@@ -227,19 +345,33 @@ class OnlineTrainer:
 
     # -- main loop ----------------------------------------------------------
     def train(self) -> None:
-        """Run the loop until ``steps`` environment steps (or ``train_minutes``); write the final checkpoint."""
+        """Run the loop until ``steps`` environment steps (or ``train_minutes``); write the final checkpoint.
+
+        After :meth:`request_stop` (SIGTERM, SIGINT) it stops after the current update and writes a
+        resumable ``step_<N>.pt`` instead; ``stop_signal`` then names the signal.
+        """
         cfg = self.cfg
-        episode = EpisodeRecorder(cfg.info_keys, cfg.action_dim)
-        done, episode_reward = True, 0.0
-        obs = None
+        episode, done = EpisodeRecorder(cfg.info_keys, cfg.action_dim), True
+        if self.resume_loop is not None:  # continuing a checkpoint's episode (tdmpc2.resume.restore)
+            episode.load_state_dict(self.resume_loop["episode"])
+            done, self.resume_loop = self.resume_loop["done"], None
+        obs, episode_reward = episode.last_obs, episode.total_reward()
+        # A resumed run's bar starts where the run was: its step (or minutes of train_minutes) and updates.
         self.progress = RunProgress(cfg.steps, cfg.train_minutes, enabled=on_terminal() and not self.logger.quiet,
-                                    phase=self._phase())
+                                    phase=self._phase(), step=self.step, updates=self.agent.num_updates,
+                                    elapsed=self.elapsed)
         try:
+            if self._step_open:  # resumed from a checkpoint written in the middle of a step's updates
+                self._finish_step()
             while self.step <= cfg.steps and not self._stop:
-                if cfg.eval_freq and self.step > 0 and self.step % cfg.eval_freq == 0:
+                if (cfg.eval_freq and self.step > 0 and self.step % cfg.eval_freq == 0
+                        and self._last_eval != (self.step, self.agent.num_updates)):
                     self._log_eval()
-                if cfg.save_freq and self.step > 0 and self.step % cfg.save_freq == 0:
-                    self.save(f"step_{self.step}")
+                if self._stop:
+                    break  # a signal interrupted the evaluation: a resumed run starts with it
+                if cfg.save_freq and self.step > 0 and self.step % cfg.save_freq == 0 and self._last_save != self.step:
+                    self._last_save = self.step
+                    self.save(f"step_{self.step}", episode, done)
                 if done:
                     if len(episode):
                         self._store(episode)
@@ -267,24 +399,19 @@ class OnlineTrainer:
                         self.logger.info(f"seeding done ({cfg.seed_steps:,} steps, {len(self.buffer):,} stored, "
                                          f"{self.short_episodes:,} episodes shorter than horizon+1 skipped); "
                                          f"pretraining with {cfg.pretrain_updates:,} updates")
-                    n = cfg.pretrain_updates if self.step == cfg.seed_steps else cfg.updates_per_step
-                    for _ in range(n):
-                        self._update()
-                        if self._stop:
-                            break
-                self.step += 1
-                if self.step == cfg.seed_steps + 1:
-                    self.progress.phase("training")
-                self.progress.tick(self.step, self.agent.num_updates, self.elapsed)
+                self._finish_step()
             self.progress.tick(self.step, self.agent.num_updates, self.elapsed, force=True)
-            if self._stop:
-                self.logger.info(f"stopped after train_minutes={cfg.train_minutes} at step {self.step:,}, "
-                                 f"{self.agent.num_updates:,} updates")
-            for hook in self.hooks:
-                hook.on_end(self)
-            if cfg.eval_episodes and self._last_eval != (self.step, self.agent.num_updates):
-                self._log_eval()  # unless the periodic evaluation just saw this very agent
+            if self.stop_signal is None:
+                if self._stop:
+                    self.logger.info(f"stopped after train_minutes={cfg.train_minutes} at step {self.step:,}, "
+                                     f"{self.agent.num_updates:,} updates")
+                for hook in self.hooks:
+                    hook.on_end(self)
+                if cfg.eval_episodes and self._last_eval != (self.step, self.agent.num_updates):
+                    self._log_eval()  # unless the periodic evaluation just saw this very agent
         finally:
             self.progress.close()
-        path = self.save("final")
+        if self.stop_signal is not None:  # a signal stopped the loop or interrupted the final evaluation
+            return self._save_stopped(episode, done)
+        path = self.save("final", episode, done)
         self.logger.info(f"final checkpoint: {path}")

@@ -1,6 +1,7 @@
 """Evaluation videos: frames (uint8 HxWx3) to an H.264 mp4 with imageio's ffmpeg plugin (the ``video`` extra)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -42,13 +43,23 @@ def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> Pat
         raise ValueError("write_mp4: no frames to write")
     if not fps > 0:
         raise ValueError(f"write_mp4: fps must be positive, got {fps!r}")
+    shape = np.shape(frames[0])
+    for frame in frames:  # every frame is checked before ffmpeg starts: bad input writes nothing
+        if np.shape(frame) != shape:
+            raise ValueError(f"write_mp4: frames differ in size: {np.shape(frame)} after {shape}")
+        if np.asarray(frame).dtype != np.uint8:
+            pad_frame(frame)  # raises its error for a frame that is not uint8 (H, W, 3)
+    pad_frame(frames[0])  # the same for the shape, common to all
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    shape = np.shape(frames[0])
-    with imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=MACRO_BLOCK,
-                            ffmpeg_log_level="error") as writer:
-        for frame in frames:
-            if np.shape(frame) != shape:
-                raise ValueError(f"write_mp4: frames differ in size: {np.shape(frame)} after {shape}")
-            writer.append_data(pad_frame(frame))
+    # Written under a temporary name and renamed into place: a run killed while writing leaves no truncated video.
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=MACRO_BLOCK,
+                                ffmpeg_log_level="error") as writer:
+            for frame in frames:
+                writer.append_data(pad_frame(frame))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -271,6 +271,7 @@ def test_reproduce_script_trains_each_variant_with_its_own_pair(tmp_path):
                      "reward_only": ["variant=aux_only", "aux=reward"], "dyn_only": ["variant=dyn_only", "aux=none"]}
     for name, cmd in commands.items():
         assert f"hydra.run.dir={tmp_path.resolve() / name}" in cmd and f"exp_name=fig2_{name}" in cmd
+        assert "resume=true" in cmd  # a stopped variant continues where it stopped
         assert "train_minutes=3.0" in cmd and "batch_size=64" in cmd and "task=counting" in cmd
         assert any(a.startswith("threads=") for a in cmd)  # two at a time: threads split between them
     with pytest.raises(SystemExit):

@@ -1,11 +1,15 @@
 """Facts about the episode replay buffer (tdmpc2/buffer.py)."""
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 import torch
 from tensordict import TensorDict
 
 from tdmpc2.buffer import EpisodeBuffer
+from tdmpc2.replay_files import ReplayFilesError
 
 HORIZON = 3
 
@@ -154,3 +158,129 @@ def test_rejects_short_or_batched_episodes():
     with pytest.raises(ValueError, match="1-D"):
         buf.add(make_episode(0, 6).unsqueeze(0))
     assert buf.num_episodes == 0 and len(buf) == 0
+
+
+# ---------------------------------------------------------------- the replay on disk (tdmpc2/replay_files.py)
+
+
+def fill(buf: EpisodeBuffer, first: int, count: int, pixels: bool = True) -> None:
+    """Add ``count`` episodes tagged ``first``, ``first+1``, ... of 3-13 steps."""
+    for i, n in enumerate(episode_lengths(first, count)):
+        buf.add(make_episode(first + i, n, pixels=pixels))
+
+
+def snapshot(buf: EpisodeBuffer) -> dict:
+    """Return a copy of the rows in use, as nested dicts of tensors."""
+    buf.flush()
+    return buf._rows[: len(buf)].clone().to_dict()
+
+
+def assert_same_rows(a: dict, b: dict) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_replay_on_disk_samples_what_one_in_memory_does(tmp_path):
+    on_disk = EpisodeBuffer(80, batch_size=16, horizon=HORIZON, seed=4, directory=tmp_path / "replay")
+    in_memory = EpisodeBuffer(80, batch_size=16, horizon=HORIZON, seed=4)
+    for i, n in enumerate(episode_lengths(0, 25)):  # wraps the 80-row ring several times
+        episode = make_episode(i, n, pixels=True)
+        on_disk.add(episode)
+        in_memory.add(episode)
+    for _ in range(3):
+        a, b = on_disk.sample(), in_memory.sample()
+        assert torch.equal(a["obs"], b["obs"]) and torch.equal(a["tag"], b["tag"])
+    assert on_disk.content_hash() == in_memory.content_hash()
+
+
+def test_pixels_stay_uint8_on_disk_and_the_ring_is_allocated_whole(tmp_path):
+    buf = EpisodeBuffer(500, batch_size=4, horizon=HORIZON, directory=tmp_path / "replay")
+    fill(buf, 0, 1)
+    obs = tmp_path / "replay" / "ring" / "obs.memmap"
+    assert obs.stat().st_size == 500 * 3 * 8 * 8  # one byte per pixel
+    assert obs.stat().st_blocks * 512 >= obs.stat().st_size  # reserved on disk, not sparse
+    # obs 192 + action 8 + reward 4 + terminated 4 + info 4 + tag 8 + t 8 + episode 8 bytes
+    assert buf.row_bytes == 236
+
+
+@pytest.mark.parametrize("disk", [True, False], ids=["disk", "memory"])
+def test_restore_returns_to_the_commit_after_the_ring_wrapped(tmp_path, disk):
+    directory = tmp_path / "replay" if disk else None
+    buf = EpisodeBuffer(60, batch_size=16, horizon=HORIZON, seed=1, directory=directory)
+    fill(buf, 0, 8)
+    state, rows = buf.commit(), snapshot(buf)
+    assert state["length"] == 60 and state["hash"] == buf.content_hash()
+    sampled = buf.sample()
+    fill(buf, 100, 12)  # overwrites every row the commit covers
+    buf.sample()
+
+    again = EpisodeBuffer(60, batch_size=16, horizon=HORIZON, seed=9, directory=directory)
+    restored = again.restore(state)
+    assert (restored > 0) == disk and len(again) == 60 and again.num_episodes == 8
+    assert_same_rows(snapshot(again), rows)
+    resampled = again.sample()  # the sampler's generator came back too
+    assert torch.equal(resampled["tag"], sampled["tag"]) and torch.equal(resampled["t"], sampled["t"])
+
+
+def test_undo_logs_return_the_ring_to_any_kept_commit(tmp_path):
+    buf = EpisodeBuffer(50, batch_size=8, horizon=HORIZON, seed=0, directory=tmp_path / "replay")
+    commits = []
+    for k in range(4):
+        fill(buf, 10 * k, 6)
+        commits.append((buf.commit(), snapshot(buf)))
+    fill(buf, 90, 6)
+    buf.sample()
+    state, rows = commits[1]
+    again = EpisodeBuffer(50, batch_size=8, horizon=HORIZON, seed=0, directory=tmp_path / "replay")
+    again.restore(state)
+    assert_same_rows(snapshot(again), rows)
+    assert sorted(p.name for p in (tmp_path / "replay").glob("undo_*.log")) == ["undo_1.log"]
+
+
+def test_a_record_cut_short_by_a_kill_is_ignored(tmp_path):
+    buf = EpisodeBuffer(40, batch_size=8, horizon=HORIZON, seed=0, directory=tmp_path / "replay")
+    fill(buf, 0, 6)
+    state, rows = buf.commit(), snapshot(buf)
+    fill(buf, 50, 2)
+    buf.flush()  # a whole record, then the rows it saved overwritten
+    # The next write dies between its undo record and the ring: the record is cut, the ring untouched.
+    buf.files.before_write(buf._rows, torch.arange(10, 20))
+    log = tmp_path / "replay" / f"undo_{state['serial']}.log"
+    log.write_bytes(log.read_bytes()[:-100])
+    again = EpisodeBuffer(40, batch_size=8, horizon=HORIZON, seed=0, directory=tmp_path / "replay")
+    again.restore(state)
+    assert_same_rows(snapshot(again), rows)
+
+
+def test_a_truncated_replay_file_is_a_clear_error(tmp_path):
+    buf = EpisodeBuffer(40, batch_size=8, horizon=HORIZON, directory=tmp_path / "replay")
+    fill(buf, 0, 4)
+    state = buf.commit()
+    obs = tmp_path / "replay" / "ring" / "obs.memmap"
+    obs.write_bytes(obs.read_bytes()[:1000])
+    with pytest.raises(ReplayFilesError, match=r"obs.memmap is truncated \(1,000 of 7,680 bytes\)"):
+        EpisodeBuffer(40, batch_size=8, horizon=HORIZON, directory=tmp_path / "replay").restore(state)
+
+
+def test_changed_replay_contents_do_not_match_the_commit(tmp_path):
+    buf = EpisodeBuffer(40, batch_size=8, horizon=HORIZON, directory=tmp_path / "replay")
+    fill(buf, 0, 4)
+    state = buf.commit()
+    buf._rows["reward"][3] = 123.0
+    with pytest.raises(ReplayFilesError, match="does not match the checkpoint"):
+        EpisodeBuffer(40, batch_size=8, horizon=HORIZON, directory=tmp_path / "replay").restore(state)
+
+
+def test_a_disk_too_small_for_the_replay_is_reported_when_it_is_made(tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    buf = EpisodeBuffer(100_000, batch_size=8, horizon=HORIZON, directory=tmp_path / "replay")
+    with pytest.raises(ReplayFilesError, match=r"not enough disk space .* needs 0.02 GB \(100,000 rows of 236 bytes\)"):
+        fill(buf, 0, 1)
+
+
+def test_a_new_replay_refuses_a_directory_that_holds_one(tmp_path):
+    fill(EpisodeBuffer(40, batch_size=8, horizon=HORIZON, directory=tmp_path / "replay"), 0, 1)
+    with pytest.raises(ReplayFilesError, match="already holds a replay"):
+        fill(EpisodeBuffer(40, batch_size=8, horizon=HORIZON, directory=tmp_path / "replay"), 0, 1)

@@ -58,6 +58,20 @@ def test_bar_counts_minutes_under_train_minutes(clock):
     bar.close()
 
 
+def test_a_resumed_runs_bar_starts_where_the_run_was(clock):
+    out = io.StringIO()
+    bar = RunProgress(steps=1000, train_minutes=None, enabled=True, phase="training", file=out,
+                      step=600, updates=5_000, elapsed=300.0)
+    assert "600/1000 steps" in last_line(out) and " 60%|" in last_line(out)
+    clock.now += 2.0
+    bar.tick(610, 5_020, 302.0)
+    assert "610/1000 steps" in last_line(out) and "10.0 upd/s" in last_line(out)  # the rate counts new updates only
+    bar.close()
+    out = io.StringIO()
+    RunProgress(steps=10**6, train_minutes=10, enabled=True, phase="training", file=out, step=5, elapsed=240.0).close()
+    assert "4.0/10 min" in last_line(out)
+
+
 def test_bar_redraws_at_most_once_per_interval(clock):
     out = io.StringIO()
     bar = RunProgress(steps=100, train_minutes=None, enabled=True, file=out, interval=0.5)

@@ -205,6 +205,55 @@ def test_later_resets_continue_the_stream_and_explicit_seeds_win():
     np.testing.assert_array_equal(first, again)
 
 
+# ---------------------------------------------------------------- random state, for resumed runs
+
+
+def _play(env, rng: np.random.Generator, steps: int) -> tuple[list, list]:
+    """Play up to ``steps`` random actions of the current episode; return the actions and observations."""
+    actions, observations = [], []
+    for _ in range(steps):
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        obs, _, terminated, truncated, _ = env.step(action)
+        actions.append(action)
+        observations.append(obs)
+        if terminated or truncated:
+            break
+    return actions, observations
+
+
+RNG_TASKS = [("pendulum", "state"), pytest.param("counting", "rgb", marks=needs_counting),
+             pytest.param("cartpole-swingup", "state", marks=needs_dm_control)]
+
+
+@pytest.mark.parametrize("task, obs", RNG_TASKS)
+def test_an_episode_replays_from_the_state_it_started_from(task, obs):
+    env, rng = make_env(task, seed=3, obs=obs), np.random.default_rng(0)
+    for episode in range(3):  # the first episode is seeded at make time; later ones continue the stream
+        first, _ = env.reset()
+        start = env.episode_start_state
+        actions, observations = _play(env, rng, 6)
+        copy = make_env(task, seed=99, obs=obs)
+        copy.set_rng_state(start)
+        np.testing.assert_array_equal(copy.reset()[0], first)
+        for action, expected in zip(actions, observations):
+            np.testing.assert_array_equal(copy.step(action)[0], expected)
+
+
+@pytest.mark.parametrize("task, obs", RNG_TASKS)
+def test_between_episodes_the_random_state_decides_the_next_ones(task, obs):
+    env, rng = make_env(task, seed=3, obs=obs), np.random.default_rng(0)
+    env.reset()
+    _play(env, rng, 5)
+    state = env.rng_state()
+    copy = make_env(task, seed=99, obs=obs)
+    copy.set_rng_state(state)
+    for _ in range(3):
+        np.testing.assert_array_equal(copy.reset()[0], env.reset()[0])
+        actions, observations = _play(env, rng, 5)
+        for action, expected in zip(actions, observations):
+            np.testing.assert_array_equal(copy.step(action)[0], expected)
+
+
 # ---------------------------------------------------------------- counting
 
 

@@ -284,6 +284,9 @@ class RecordingTracker:
     def attach_config(self, config):
         self.calls.append(("config", config))
 
+    def flush(self):
+        self.calls.append(("flush",))
+
     def close(self):
         self.calls.append(("close",))
 
@@ -319,3 +322,21 @@ def test_tensorboard_tracker_in_process(builders, tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("train/total_loss")] == [(10, 2.0), (20, 1.5)]
     text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "task: pendulum" in text and "lr: 0.0003" in text
+
+
+def test_a_resumed_run_continues_its_wandb_run(builders, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = resolve(builders.compose_config("loggers=[wandb]", "task=pendulum"), builders.toy_task_info())
+
+    def start(run_dir, resumed_at):
+        (tracker,) = create_trackers(cfg, run_dir, resumed_at=resumed_at)
+        tracker.log_scalars("train", {"total_loss": 1.0}, 10 if resumed_at is None else resumed_at + 10)
+        tracker.close()
+        return tracker.run_id
+
+    first = start(tmp_path / "run", None)
+    assert (tmp_path / "run" / "wandb" / "run_id").read_text().strip() == first
+    assert start(tmp_path / "run", 10) == first  # the resumed process logs to the same W&B run
+    assert {p.name.rsplit("-", 1)[1] for p in (tmp_path / "run" / "wandb").glob("offline-run-*")} == {first}
+    assert start(tmp_path / "other", None) != first  # a new run gets a new W&B run

@@ -170,3 +170,10 @@ def test_run_episodes_without_frames_does_not_render():
     env = make_env("counting", seed=3, obs="rgb")  # no render=True: any render() call would raise
     rewards, successes = run_episodes(env, StillAgent(), 2)
     assert len(rewards) == len(successes) == 2
+
+
+def test_an_mp4_that_fails_midway_leaves_no_file(tmp_path):
+    frames = [np.zeros((16, 16, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)]
+    with pytest.raises(ValueError, match="frames differ in size"):
+        write_mp4(tmp_path / "v.mp4", frames, 10.0)
+    assert list(tmp_path.iterdir()) == []  # neither the video nor its temporary file
