@@ -100,7 +100,7 @@ class Logger:
         rows (0 when the kind is not counted: the file is removed). Raises
         ValueError if a CSV holds fewer rows than its count.
         """
-        frames = {p.stem: pd.read_csv(p) if p.stat().st_size else pd.DataFrame() for p in self.run_dir.glob("*.csv")}
+        frames = {p.stem: pd.read_csv(p, float_precision="round_trip") if p.stat().st_size else pd.DataFrame() for p in self.run_dir.glob("*.csv")}
         for kind, keep in counts.items():
             found = len(frames.get(kind, ()))
             if found < keep:

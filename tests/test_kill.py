@@ -78,7 +78,7 @@ def finish(repo, run_dir, *extra: str) -> str:
 
 
 def rows(run_dir, kind: str) -> pd.DataFrame:
-    return pd.read_csv(run_dir / f"{kind}.csv").drop(columns=WALL_CLOCK, errors="ignore")
+    return pd.read_csv(run_dir / f"{kind}.csv", float_precision="round_trip").drop(columns=WALL_CLOCK, errors="ignore")
 
 
 def assert_same_rows(reference, run_dir) -> None:

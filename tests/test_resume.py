@@ -73,7 +73,7 @@ def resume_trainer(builders, run_dir, *overrides, checkpoint=None, disk: bool = 
 
 def rows(run_dir, kind: str) -> pd.DataFrame:
     """Return ``<kind>.csv`` without its wall-clock columns."""
-    return pd.read_csv(run_dir / f"{kind}.csv").drop(columns=WALL_CLOCK, errors="ignore")
+    return pd.read_csv(run_dir / f"{kind}.csv", float_precision="round_trip").drop(columns=WALL_CLOCK, errors="ignore")
 
 
 def assert_same_rows(a, b) -> None:
@@ -378,7 +378,7 @@ def test_the_logs_continue_from_the_recorded_row_counts(tmp_path):
     restored.restore(counts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]
     restored.log("train", {"step": 3, "loss": 7.0})
-    frame = pd.read_csv(tmp_path / "train.csv")
+    frame = pd.read_csv(tmp_path / "train.csv", float_precision="round_trip")
     assert frame["step"].tolist() == [0, 1, 2, 3] and frame["loss"].tolist() == [1e-17, 0.1 + 1e-17, 0.2 + 1e-17, 7.0]
     with pytest.raises(ValueError, match="holds 4 rows; the checkpoint recorded 9"):
         Logger(tmp_path, quiet=True).restore({"train": 9})
