@@ -24,20 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pjepa_ext.analysis import RunDirectoryError, analyze_run  # noqa: E402
+from tdmpc2.cli import parse_key_values  # noqa: E402
 
 DEFAULTS = {"run": None, "checkpoint": None, "out": None, "device": "auto", "threads": "1"}
 
 
 def parse_args(argv: list[str]) -> dict:
     """Return the options: DEFAULTS overridden by ``key=value`` arguments; raise ValueError on a bad one."""
-    options = dict(DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not value:
-            raise ValueError(f"arguments are key=value, got {arg!r}; keys: {', '.join(DEFAULTS)}")
-        if key not in DEFAULTS:
-            raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(DEFAULTS)}")
-        options[key] = value
+    options = parse_key_values(argv, DEFAULTS)
     if options["run"] is None:
         raise ValueError("run=RUN_DIR is required (a directory written by train.py task=counting)")
     try:

@@ -21,20 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tdmpc2.plots import X_AXES, NotARunError, plot_run  # noqa: E402
+from tdmpc2.cli import parse_key_values  # noqa: E402
 
 DEFAULTS = {"run": None, "out": None, "x": "updates"}
 
 
 def parse_args(argv: list[str]) -> dict:
     """Return the options: DEFAULTS overridden by ``key=value`` arguments; raise ValueError on a bad one."""
-    options = dict(DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not value:
-            raise ValueError(f"arguments are key=value, got {arg!r}; keys: {', '.join(DEFAULTS)}")
-        if key not in DEFAULTS:
-            raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(DEFAULTS)}")
-        options[key] = value
+    options = parse_key_values(argv, DEFAULTS)
     if options["run"] is None:
         raise ValueError("run=RUN_DIR is required (a directory written by train.py)")
     if options["x"] not in X_AXES:
