@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from envs import UnknownTaskError, task_defaults
 from experiments.aggregate import compare
-from experiments.launch import Job, Outcome, job_overrides, launch, plan, recorded_overrides
+from experiments.launch import CONTINUE, Job, Outcome, job_overrides, launch, plan, recorded_overrides
 from experiments.report import write_report
 from experiments.runs import COMPLETE, FAILED, RunRecord, find_run_dirs, read_run
 from experiments.variants import Variant, parse_variant
@@ -116,6 +117,20 @@ def already_done(job: Job) -> bool:
             and read_run(job.run_dir, job.task, job.variant, job.seed).status == COMPLETE)
 
 
+def continuing(job: Job) -> Job:
+    """Return ``job`` set to continue the run in its directory (``resume=true``) when that run was launched with the
+    same overrides, else ``job`` itself.
+
+    A run that was stopped, killed or timed out then goes on from its newest
+    checkpoint (one that died before its first checkpoint starts again); a
+    directory holding a run with other settings is left as it is, and the
+    job fails saying so.
+    """
+    if recorded_overrides(job.run_dir) != job_overrides(job):
+        return job
+    return replace(job, overrides=(*job.overrides, CONTINUE))
+
+
 def planned_record(job: Job, outcome: Outcome | None) -> RunRecord:
     """Return the record of a planned run, failed with the launcher's error when its directory does not say so."""
     record = read_run(job.run_dir, job.task, job.variant, job.seed)
@@ -146,7 +161,12 @@ def run_comparison(cfg: DictConfig, out: Path, command: str = "") -> tuple[dict[
     if todo:
         print(f"launching {len(todo)} with launcher {cfg.launcher.plugin}", flush=True)
         start = time.time()
-        outcomes += launch(todo, cfg.launcher.plugin, launcher_params(cfg), runs_dir)
+        launched = {continuing(job): job for job in todo}
+        if any(CONTINUE in job.overrides for job in launched):
+            print(f"{sum(CONTINUE in job.overrides for job in launched)} of them continue the run in their folder "
+                  f"(launched with the same settings, not complete)", flush=True)
+        outcomes += [replace(o, job=launched[o.job])
+                     for o in launch(list(launched), cfg.launcher.plugin, launcher_params(cfg), runs_dir)]
         print(f"runs ended after {(time.time() - start) / 60:.1f} min", flush=True)
     if jobs:
         write_jobs(out / "jobs.csv", [o for job in jobs for o in outcomes if o.job == job])

@@ -98,9 +98,18 @@ def plan(tasks: list[str], variants: list[Variant], seeds: list[int], runs_dir: 
 OVERRIDES_FILE = "overrides.yaml"
 
 
+#: the override that makes a job continue the run its directory holds (tdmpc2/resume.py)
+CONTINUE = "resume=true"
+
+
+def recordable(overrides) -> list[str]:
+    """Return ``overrides`` without the hydra ones and ``resume``: the settings that make a run what it is."""
+    return [o for o in overrides if not o.startswith("hydra.") and o.split("=", 1)[0].lstrip("+~") != "resume"]
+
+
 def job_overrides(job: Job) -> list[str]:
-    """Return the train.py overrides of ``job`` as its run directory records them (the hydra ones left out)."""
-    return [o for o in job.overrides if not o.startswith("hydra.")]
+    """Return the train.py overrides of ``job`` as its run directory records them (hydra's and ``resume`` left out)."""
+    return recordable(job.overrides)
 
 
 def recorded_overrides(run_dir: Path) -> list[str] | None:
@@ -113,9 +122,10 @@ def train_job(cfg: DictConfig) -> str:
     """Run one training job (the launchers' task function); return its run directory.
 
     The job's overrides go to ``<run dir>/overrides.yaml`` first (a later
-    comparison into the same folder reuses the run when they match), and the
-    files of an earlier attempt that would misreport this one (its error,
-    its final checkpoint) are removed. When the run raises, its traceback goes
+    comparison into the same folder reuses the run when they match, or
+    continues it when it did not complete), and the files of an earlier
+    attempt that would misreport this one are removed: its error, and its
+    final checkpoint unless the job continues it. When the run raises, its traceback goes
     to ``<run dir>/error.txt``, so that the comparison lists it as failed
     whoever aggregates it later.
     """
@@ -123,9 +133,10 @@ def train_job(cfg: DictConfig) -> str:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("error.txt", "final.pt"):
-        (run_dir / stale).unlink(missing_ok=True)
-    OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)), run_dir / OVERRIDES_FILE)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    if cfg.resume is not True:
+        (run_dir / "final.pt").unlink(missing_ok=True)
+    OmegaConf.save(OmegaConf.create(recordable(HydraConfig.get().overrides.task)), run_dir / OVERRIDES_FILE)
     try:
         return str(run(cfg))
     except Exception:

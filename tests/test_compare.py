@@ -330,3 +330,27 @@ def test_a_tiny_sweep_through_submitit_local(tmp_path):
     report = (out / "report.md").read_text()
     assert "## pendulum" in report and "## cartpole-balance" in report and "## Across tasks" in report
     assert report.count("| stock | 1 |") == 2 and report.count("| pjepa | 1 |") == 2
+
+
+def test_a_run_left_incomplete_continues_from_its_checkpoint_when_the_comparison_is_run_again(tmp_path):
+    out = tmp_path / "cmp"
+    request = (out, "tasks=[pendulum]", "variants=[stock]", "+train.threads=1", "+train.save_freq=25",
+               "+train.keep_checkpoints=0")
+    first = run_compare(*request)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run_dir = out / "runs" / "pendulum" / "stock" / "s1"
+    # what a run killed after its step-25 checkpoint leaves behind (its replay file ends further on)
+    (run_dir / "final.pt").unlink()
+    (run_dir / "step_50.pt").unlink(missing_ok=True)
+    evals = pd.read_csv(run_dir / "eval.csv")
+    evals[evals.step <= 25].to_csv(run_dir / "eval.csv", index=False)
+    assert (run_dir / "step_25.pt").is_file()
+
+    again = run_compare(*request)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "1 of them continue the run in their folder" in again.stdout
+    assert "resumed from step_25.pt" in again.stdout + again.stderr
+    assert list(pd.read_csv(run_dir / "eval.csv").step) == [25, 50]
+    assert (run_dir / "final.pt").is_file()
+    assert list(pd.read_csv(out / "jobs.csv").launcher_status) == ["completed"]
+    assert not any(o.startswith("resume=") for o in OmegaConf.load(run_dir / launching.OVERRIDES_FILE))
