@@ -135,12 +135,35 @@ def test_every_variant_table_is_valid_with_the_extension_rows(variant):
     assert gating.reaches_encoder["decoder"] is False
 
 
-@pytest.mark.parametrize("size, width", [("cpu", 16), ("paper", 32)])
+@pytest.mark.parametrize("size, width", [("cpu", 16), ("cpu64", 16), ("paper", 32)])
 def test_size_presets_select_the_resnet(size, width):
     cfg = composed("task=counting", "variant=pjepa", f"size={size}")
     assert cfg.encoder == "resnet"
     assert cfg.resnet.width == width
     assert cfg.horizon == 1
+
+
+def flat(cfg, prefix=""):
+    """Return ``cfg`` as a flat {dotted key: value} dict."""
+    out = {}
+    for key, value in cfg.items():
+        if hasattr(value, "items"):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cpu64_is_the_cpu_preset_on_64x64_frames_with_the_papers_stem_and_encoder_rate(variant):
+    cpu = flat(composed("task=counting", f"variant={variant}", "size=cpu"))
+    cpu64 = flat(composed("task=counting", f"variant={variant}", "size=cpu64"))
+    differences = {key: (cpu[key], cpu64[key]) for key in cpu if cpu[key] != cpu64[key]}
+    assert set(cpu) == set(cpu64)
+    expected = {"counting.image_size": (32, 64), "resnet.stem_pool": (False, True), "enc_lr_scale": (0.5, 0.3)}
+    if variant == "aux_only":  # its own learning rates win over every size
+        del expected["enc_lr_scale"]
+    assert differences == expected
 
 
 # -- apply_presets (what a real run does with `auto`) ------------------------------------
@@ -168,6 +191,7 @@ def hydra_run():
 def test_auto_on_counting_applies_the_pjepa_cpu_presets(hydra_run):
     cfg = hydra_run("task=counting", "device=cpu", "resnet.width=8")
     assert (cfg.variant, cfg.size, cfg.aux) == ("pjepa", "cpu", "reward")
+    assert cfg.counting.image_size == 32 and cfg.resnet.stem_pool is False  # from the cpu preset
     assert cfg.consistency_target == "online"
     assert cfg.encoder == "resnet"
     assert cfg.resnet.width == 8  # the user's override survives the re-composition
