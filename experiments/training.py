@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import hydra
@@ -137,7 +136,8 @@ def run(cfg: DictConfig) -> Path:
     finally:
         logger.close()
     if trainer.stop_signal is not None:
-        args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+        # the job's own overrides: the command line of train.py, or the job's under scripts/compare.py
+        args = [a for a in HydraConfig.get().overrides.task if a.split("=", 1)[0].lstrip("+~") != "resume"]
         raise RunStopped(f"stopped by {trainer.stop_signal} at step {trainer.step:,}; resume with: "
                          f"{shlex.join(['python', 'train.py', *args, f'resume={run_dir}'])}")
     return run_dir
