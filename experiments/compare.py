@@ -162,9 +162,10 @@ def run_comparison(cfg: DictConfig, out: Path, command: str = "") -> tuple[dict[
         print(f"launching {len(todo)} with launcher {cfg.launcher.plugin}", flush=True)
         start = time.time()
         launched = {continuing(job): job for job in todo}
-        if any(CONTINUE in job.overrides for job in launched):
-            print(f"{sum(CONTINUE in job.overrides for job in launched)} of them continue the run in their folder "
-                  f"(launched with the same settings, not complete)", flush=True)
+        continued = sum(CONTINUE in job.overrides for job in launched)
+        if continued:
+            print(f"{continued} of them continue the run in their folder (launched with the same settings, "
+                  f"not complete)", flush=True)
         outcomes += [replace(o, job=launched[o.job])
                      for o in launch(list(launched), cfg.launcher.plugin, launcher_params(cfg), runs_dir)]
         print(f"runs ended after {(time.time() - start) / 60:.1f} min", flush=True)

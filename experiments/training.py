@@ -12,6 +12,7 @@ from termcolor import colored
 
 from envs import MissingDependencyError, UnknownTaskError, make_task_env, task_defaults
 from envs.gl import RenderingUnavailableError, current_choice
+from experiments.launch import recordable
 from pjepa_ext.plugin import build_agent
 from pjepa_ext.presets import resolve_aux, resolve_size, resolve_variant
 from tdmpc2 import resume
@@ -137,7 +138,7 @@ def run(cfg: DictConfig) -> Path:
         logger.close()
     if trainer.stop_signal is not None:
         # the job's own overrides: the command line of train.py, or the job's under scripts/compare.py
-        args = [a for a in HydraConfig.get().overrides.task if a.split("=", 1)[0].lstrip("+~") != "resume"]
+        args = recordable(HydraConfig.get().overrides.task)
         raise RunStopped(f"stopped by {trainer.stop_signal} at step {trainer.step:,}; resume with: "
                          f"{shlex.join(['python', 'train.py', *args, f'resume={run_dir}'])}")
     return run_dir

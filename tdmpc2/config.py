@@ -164,3 +164,13 @@ def resolve(cfg: DictConfig, task_info) -> DictConfig:
 def to_container(cfg: DictConfig) -> dict:
     """Return the resolved config as plain Python containers (for checkpoints and YAML dumps)."""
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """Return the nested dicts of ``tree`` (e.g. :func:`to_container` output) as one ``{"a.b.c": value}`` dict."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}

@@ -39,7 +39,7 @@ import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from tdmpc2.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tdmpc2.config import to_container
+from tdmpc2.config import flatten, to_container
 from tdmpc2.seeding import global_rng_state, set_global_rng_state
 
 #: Config keys that may differ between a run and its resumption: when the run stops, what it logs
@@ -209,15 +209,6 @@ def _check_new(run_dir: Path) -> None:
 
 # -- the config ----------------------------------------------------------------
 
-def _flatten(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def merge_config(saved: dict, cfg: DictConfig) -> DictConfig:
     """Return ``cfg`` (resolved) for continuing a run whose checkpoint holds the resolved config ``saved``.
 
@@ -225,7 +216,7 @@ def merge_config(saved: dict, cfg: DictConfig) -> DictConfig:
     the run's. Raises :class:`ResumeError` listing every other key whose value
     differs, with both values.
     """
-    old, new = _flatten(saved), _flatten(to_container(cfg))
+    old, new = flatten(saved), flatten(to_container(cfg))
     absent = "(absent)"
     differ = [k for k in sorted(set(old) | set(new))
               if k.split(".")[0] not in MAY_CHANGE and k != "buffer_capacity" and old.get(k, absent) != new.get(k, absent)]

@@ -14,6 +14,7 @@ from experiments.training import apply_presets
 from pjepa_ext.aux_targets import AUX_TARGETS, make_aux_target
 from pjepa_ext.plugin import EXTENSION_LOSSES
 from pjepa_ext.presets import SIZES, VARIANTS, resolve_aux, resolve_size, resolve_variant
+from tdmpc2.config import flatten, to_container
 from tdmpc2.gating import GradientGating
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,21 +144,10 @@ def test_size_presets_select_the_resnet(size, width):
     assert cfg.horizon == 1
 
 
-def flat(cfg, prefix=""):
-    """Return ``cfg`` as a flat {dotted key: value} dict."""
-    out = {}
-    for key, value in cfg.items():
-        if hasattr(value, "items"):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cpu64_is_the_cpu_preset_on_64x64_frames_with_the_papers_stem_and_encoder_rate(variant):
-    cpu = flat(composed("task=counting", f"variant={variant}", "size=cpu"))
-    cpu64 = flat(composed("task=counting", f"variant={variant}", "size=cpu64"))
+    cpu = flatten(to_container(composed("task=counting", f"variant={variant}", "size=cpu")))
+    cpu64 = flatten(to_container(composed("task=counting", f"variant={variant}", "size=cpu64")))
     differences = {key: (cpu[key], cpu64[key]) for key in cpu if cpu[key] != cpu64[key]}
     assert set(cpu) == set(cpu64)
     expected = {"counting.image_size": (32, 64), "resnet.stem_pool": (False, True), "enc_lr_scale": (0.5, 0.3)}
