@@ -42,8 +42,6 @@ from pjepa_ext.plugin import build_agent  # noqa: E402
 from tdmpc2 import precision, profiling  # noqa: E402
 from tdmpc2.config import resolve  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
 
 def build(task: str, overrides: list[str]):
     """Return ``(agent, cfg)`` for ``task`` with the stock variant and ``overrides``, eager (not compiled), seed 0."""
@@ -130,7 +128,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--pixels", action="store_true", help="also time a 64x64 RGB agent (model size 5)")
     parser.add_argument("--compile", action="store_true", help="also time the agent after agent.compile()")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(DTYPES),
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(precision.DTYPES),
                         help="precisions to time side by side (default: fp32)")
     args = parser.parse_args()
     task = "cartpole-swingup" if "cartpole-swingup" in known_tasks() else "pendulum"
@@ -148,7 +146,7 @@ def main() -> None:
     print(f"precision=auto here: {auto} ({reason})", flush=True)
     for threads in args.threads:
         torch.set_num_threads(threads)
-        rates = profiling.matmul_rates({name: DTYPES[name] for name in args.precision})
+        rates = profiling.matmul_rates({name: precision.DTYPES[name] for name in args.precision})
         print(f"\n{threads} thread(s): 1024x512x512 matmul " +
               ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items()))
         print(f"{'thr':>3} {'case':<24} {'prec':<5} | {'update ms':^15} | {'act ms':^15} | {'step ms, vs fp32':^15} | "

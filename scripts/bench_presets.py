@@ -30,9 +30,8 @@ from omegaconf import open_dict  # noqa: E402
 from envs import make_task_env  # noqa: E402
 from pjepa_ext.plugin import build_agent  # noqa: E402
 from tdmpc2 import profiling  # noqa: E402
+from tdmpc2.precision import DTYPES  # noqa: E402
 from tdmpc2.config import resolve  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build(size: str, variant: str, compiled: bool, precision: str):

@@ -41,7 +41,8 @@ import torch
 CHOICES = ("auto", "fp32", "bf16")
 #: ``auto`` takes bfloat16 on a CPU without AMX only if its matrix products measure at least this much faster.
 MIN_SPEEDUP = 1.3
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: The dtype of matrix products for each explicit precision name.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _LOW = (torch.bfloat16, torch.float16)
 
 
@@ -71,13 +72,13 @@ class Precision:
     device_type: str = "cpu"
 
     def __post_init__(self):
-        if self.name not in _DTYPES:
-            raise ValueError(f"precision={self.name!r}; allowed values: {', '.join(_DTYPES)} (auto is resolved at start)")
+        if self.name not in DTYPES:
+            raise ValueError(f"precision={self.name!r}; allowed values: {', '.join(DTYPES)} (auto is resolved at start)")
 
     @property
     def dtype(self) -> torch.dtype:
         """Return the dtype of matrix products: float32 or bfloat16."""
-        return _DTYPES[self.name]
+        return DTYPES[self.name]
 
     def region(self):
         """Return a context manager under which forward passes compute in this precision."""
