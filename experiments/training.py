@@ -106,7 +106,14 @@ def run(cfg: DictConfig) -> Path:
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     if isinstance(cfg.resume, str):
         _drop_unused_hydra_dir(hydra_dir, Path(cfg.resume))
-    run_dir, checkpoint = resume.locate(cfg.resume, hydra_dir)
+    # held before locate(), which may clear a dead attempt's files, until the run has ended
+    with resume.hold(Path(cfg.resume) if isinstance(cfg.resume, str) else hydra_dir):
+        run_dir, checkpoint = resume.locate(cfg.resume, hydra_dir)
+        return _train(cfg, env, eval_env, threads, run_dir, checkpoint)
+
+
+def _train(cfg: DictConfig, env, eval_env, threads: int, run_dir: Path, checkpoint: Path | None) -> Path:
+    """Train in ``run_dir`` (from ``checkpoint`` if not None); return ``run_dir``. Raises :class:`RunStopped`."""
     payload = None
     if checkpoint is not None:
         payload = load_checkpoint(checkpoint)

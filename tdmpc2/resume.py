@@ -29,11 +29,22 @@ the env's random state from the episode's start and replaying the recorded
 actions (the observations must come out the same). The replay is committed
 before the checkpoint is written; the checkpoint file, renamed into place
 atomically, is the commit record.
+
+A run directory is held by one process at a time (:func:`hold`): a second
+command resuming the same run while the first still trains is refused
+instead of writing into the same replay and logs.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: run directories are not locked
+    fcntl = None
 
 import numpy as np
 from omegaconf import DictConfig, open_dict
@@ -56,6 +67,7 @@ EXIT_STOPPED = 75
 
 _FORMAT = 1
 _RUN_FILES = ("config.yaml", "*.csv", "*.pt", "replay")
+_LOCK = ".lock"
 
 
 class ResumeError(ValueError):
@@ -119,6 +131,38 @@ def _prune(trainer) -> None:
     trainer.checkpoints = {n: s for n, s in trainer.checkpoints.items() if (trainer.run_dir / f"{n}.pt").exists()}
     if trainer.checkpoints:
         trainer.buffer.forget_commits_before(min(trainer.checkpoints.values()))
+
+
+# -- holding a run directory ---------------------------------------------------
+
+@contextlib.contextmanager
+def hold(run_dir: str | Path):
+    """Return a context manager under which this process alone uses ``run_dir`` (a no-op if it does not exist yet).
+
+    The hold is an exclusive ``flock`` on ``<run_dir>/.lock``, which holds the
+    holder's pid; the kernel releases it when the holder exits, killed or not,
+    so a dead run never blocks its own resumption. Raises :class:`ResumeError`
+    naming the holder's pid if another process holds the directory.
+    """
+    run_dir = Path(run_dir)
+    if fcntl is None or not run_dir.is_dir():
+        yield
+        return
+    with open(run_dir / _LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise ResumeError(f"{run_dir} is in use by another process (pid {holder}): wait for it to end, or stop it "
+                              f"(SIGTERM writes a resumable checkpoint) and resume then") from None
+        try:
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # -- finding what to resume ---------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared test setup: one torch thread, and builders for configs, agents and batches of the TD-MPC2 core.
+"""Shared test setup: one torch thread, and builders for configs, agents and batches of the TD-MPC2 core, and train.py runs.
 
 Configs are composed from the root ``config.yaml`` with hydra's compose API
 (stock TD-MPC2 presets), then resolved against a task description, exactly
@@ -7,6 +7,8 @@ as ``train.py`` does after ``apply_presets``.
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,9 +117,15 @@ def random_ensemble(seed: int = 0) -> layers.EnsembleMLP:
     return ens
 
 
+def run_train_py(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python train.py overrides...`` in the repository root on one thread, the CPU, no compile; return the result."""
+    return subprocess.run([sys.executable, "train.py", "threads=1", "device=cpu", "compile=false", *overrides],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def builders() -> SimpleNamespace:
     """Return the builders above as one namespace (tests import nothing from this file)."""
     return SimpleNamespace(compose_config=compose_config, tiny_config=tiny_config, toy_task_info=toy_task_info,
                            make_agent=make_agent, make_batch=make_batch, random_ensemble=random_ensemble,
-                           repo_root=REPO_ROOT, tiny_model=TINY_MODEL)
+                           run_train_py=run_train_py, repo_root=REPO_ROOT, tiny_model=TINY_MODEL)

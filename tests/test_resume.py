@@ -11,6 +11,8 @@ import errno
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -321,6 +323,36 @@ def test_resume_true_without_a_checkpoint_starts_afresh_and_clears_the_dead_atte
     assert (tmp_path / "final.pt").exists()
     with pytest.raises(resume.ResumeError, match="there is no run directory"):
         resume.locate(str(tmp_path / "missing"), tmp_path)
+
+
+def test_a_held_run_directory_is_refused_to_a_second_holder_and_free_after(tmp_path):
+    with resume.hold(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(resume.ResumeError, match=rf"in use by another process \(pid {os.getpid()}\)"):
+            with resume.hold(tmp_path):
+                pass
+    with resume.hold(tmp_path):
+        pass
+    with resume.hold(tmp_path / "missing"):  # a run not started yet: nothing to hold
+        assert not (tmp_path / "missing").exists()
+
+
+HOLDER = "import sys, time; from tdmpc2 import resume\nwith resume.hold(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"
+
+
+def test_train_py_refuses_a_run_another_process_holds_and_a_killed_holder_frees_it(builders, tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=builders.repo_root,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = builders.run_train_py("task=pendulum", f"resume={tmp_path}")
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"is in use by another process (pid {holder.pid})" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with resume.hold(tmp_path):  # the kernel released the killed holder's lock
+        pass
 
 
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(builders, reference, tmp_path):

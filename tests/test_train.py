@@ -1,9 +1,6 @@
 """Facts about config resolution (tdmpc2/config.py), the trainer and train.py run end to end."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 import torch
@@ -105,14 +102,8 @@ def test_unknown_task_names_the_known_ones(builders):
         make_task_env(builders.compose_config("task=pendulm"), seed=0)
 
 
-def run_train_py(repo_root, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python train.py overrides...`` in the repository root on one thread."""
-    return subprocess.run([sys.executable, "train.py", "threads=1", "device=cpu", "compile=false", *overrides],
-                          cwd=repo_root, capture_output=True, text=True, timeout=timeout)
-
-
 def test_train_py_exits_with_code_2_and_the_message_on_stderr(builders, tmp_path):
-    result = run_train_py(builders.repo_root, "task=pendulm", f"hydra.run.dir={tmp_path / 'run'}")
+    result = builders.run_train_py("task=pendulm", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Unknown task 'pendulm'" in result.stderr and "Did you mean 'pendulum'?" in result.stderr
     assert "Traceback" not in result.stderr
@@ -127,8 +118,8 @@ UPDATES, LOG_FREQ = 149, 25  # pretraining updates at the end of seeding, then o
 def pendulum_run(builders, tmp_path_factory):
     """Train stock TD-MPC2 on pendulum for 149 updates (model_size 1, batch 64, horizon 3, no planning)."""
     run_dir = tmp_path_factory.mktemp("pendulum") / "run"
-    result = run_train_py(
-        builders.repo_root, "task=pendulum", "model_size=1", "batch_size=64", "horizon=3", "mpc=false",
+    result = builders.run_train_py(
+        "task=pendulum", "model_size=1", "batch_size=64", "horizon=3", "mpc=false",
         "steps=250", "seed_steps=200", "pretrain_updates=100", "eval_freq=0", "eval_episodes=1",
         f"log_freq={LOG_FREQ}", "save_freq=0", f"hydra.run.dir={run_dir}",
     )
