@@ -1,8 +1,9 @@
 """Auxiliary targets p(o): named functions of an observation and its info.
 
 P-JEPA fits a head P(z) to p(o) while the encoder learns latent dynamics
-(paper, Fig. 1). Every target here is a small ``nn.Module`` so that frozen
-parameters (the random projection) travel inside the agent's checkpoint.
+(paper, Fig. 1). Every target here is a small ``nn.Module``, so that what a
+frozen target is made of (the random projection's fingerprint) travels inside
+the agent's checkpoint.
 
 To add a target, write a subclass of :class:`AuxTarget` and add one line to
 :data:`AUX_TARGETS`; ``python train.py aux=NAME`` and
@@ -84,7 +85,11 @@ class RandomProjectionTarget(AuxTarget):
 
     W has shape ``(dim, prod(obs_shape))`` with entries N(0, 1/prod(obs_shape)),
     so each output has unit variance for unit-variance inputs. It is a buffer,
-    never a parameter: it is saved with the agent and receives no gradient.
+    never a parameter: it receives no gradient. W is drawn again from ``seed``
+    when the agent is built rather than saved (on 64x64 pixels it is 38 MB per
+    checkpoint); the checkpoint holds its ``fingerprint`` (sum and sum of
+    squares), and loading a checkpoint whose W drew differently is an error.
+    A checkpoint that holds W itself loads it as it is.
     """
 
     name, loss, info_keys = "random", "mse", ()
@@ -97,7 +102,26 @@ class RandomProjectionTarget(AuxTarget):
             numel *= int(s)
         gen = torch.Generator().manual_seed(int(seed))
         weight = torch.randn(self.dim, numel, generator=gen) / numel**0.5
-        self.register_buffer("weight", weight)
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("fingerprint", self._fingerprint(weight))
+
+    @staticmethod
+    def _fingerprint(weight: torch.Tensor) -> torch.Tensor:
+        w = weight.double()
+        return torch.stack([w.sum(), w.square().sum()])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.pop(prefix + "weight", None)
+        if saved is not None:  # written when W was saved: that W, whatever this seed draws
+            self.weight.copy_(saved)
+            state_dict.setdefault(prefix + "fingerprint", self._fingerprint(saved))
+        expected = state_dict.get(prefix + "fingerprint")
+        if saved is None and expected is not None and not torch.allclose(self.fingerprint, expected, rtol=1e-9, atol=0):
+            raise RuntimeError(
+                f"{prefix}weight: the random projection drawn from its seed here (fingerprint "
+                f"{self.fingerprint.tolist()}) is not the one the checkpoint was trained with ({expected.tolist()}); "
+                f"torch's random generator draws differently in this version, or the seed is not the run's")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, obs, info):
         x = obs.flatten(1).float()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 from tensordict import TensorDict
 
 from envs import TaskInfo, make_env
@@ -120,10 +121,33 @@ def test_random_target_is_a_fixed_projection_of_the_observation(task_info):
         x = x / 255.0 - 0.5  # pixels of the 3 stacked frames in [-0.5, 0.5]
     expected = (x @ target.weight.double().T).float()
     torch.testing.assert_close(target(obs, {}), expected, rtol=1e-4, atol=1e-4)
-    # The same seed gives the same projection (it is not learnt and travels with the checkpoint).
+    # The same seed gives the same projection (it is not learnt; the checkpoint holds its fingerprint, not W).
     assert torch.equal(RandomProjectionTarget(cfg.obs_shape, 32, seed=cfg.seed).weight, target.weight)
     assert all(p is not target.weight for p in agent.extra_losses.parameters())  # a buffer: no optimiser step
-    assert any(torch.equal(v, target.weight) for v in agent.state_dict()["extra_losses"].values())
+    saved = agent.state_dict()["extra_losses"]
+    assert not any(v.shape == target.weight.shape for v in saved.values())
+    assert any(torch.equal(v, target.fingerprint) for v in saved.values())
+
+
+def test_a_checkpoint_loads_only_into_the_random_projection_it_was_trained_with():
+    cfg = compose_run("variant=pjepa", "aux=random")
+    agent, _ = plugin.build_agent(cfg)
+    target = next(t for t in agent.extra_losses if t.name == "auxiliary").target
+    state = agent.state_dict()
+    again, _ = plugin.build_agent(cfg)
+    again.load_state_dict(state)  # the same seed draws the same W
+    with open_dict(cfg):
+        cfg.seed += 1
+    other, _ = plugin.build_agent(cfg)
+    with pytest.raises(RuntimeError, match="not the one the checkpoint was trained with"):
+        other.load_state_dict(state)
+    # A checkpoint written when W itself was saved loads that W, whatever the seed draws.
+    key = next(k for k in state["extra_losses"] if k.endswith("fingerprint"))
+    old = {**state, "extra_losses": {k: v for k, v in state["extra_losses"].items() if k != key}}
+    old["extra_losses"][key.replace("fingerprint", "weight")] = target.weight * 2
+    other.load_state_dict(old)
+    loaded = next(t for t in other.extra_losses if t.name == "auxiliary").target
+    assert torch.equal(loaded.weight, target.weight * 2)
 
 
 @pytest.mark.parametrize("aux", ["reward", "random"])
