@@ -107,6 +107,8 @@ def run(cfg: DictConfig) -> Path:
     if isinstance(cfg.resume, str):
         _drop_unused_hydra_dir(hydra_dir, Path(cfg.resume))
     # held before locate(), which may clear a dead attempt's files, until the run has ended
+    if not isinstance(cfg.resume, str):
+        hydra_dir.mkdir(parents=True, exist_ok=True)  # a run there starts now: held from the start
     with resume.hold(Path(cfg.resume) if isinstance(cfg.resume, str) else hydra_dir):
         run_dir, checkpoint = resume.locate(cfg.resume, hydra_dir)
         return _train(cfg, env, eval_env, threads, run_dir, checkpoint)

@@ -41,17 +41,17 @@ import os
 import shutil
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # not on POSIX: run directories are not locked
-    fcntl = None
-
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from tdmpc2.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tdmpc2.config import flatten, to_container
 from tdmpc2.seeding import global_rng_state, set_global_rng_state
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: run directories are not locked
+    fcntl = None
 
 #: Config keys that may differ between a run and its resumption: when the run stops, what it logs
 #: (trackers, videos), evaluates and keeps, and how it computes. Every other key (derived ones included)
