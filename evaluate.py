@@ -27,7 +27,7 @@ from tdmpc2.checkpoint import CheckpointError, load_checkpoint
 from tdmpc2.config import ConfigError, choose_device, set_threads
 from tdmpc2.seeding import seed_everything
 from tdmpc2.extras import MissingExtraError
-from tdmpc2.trainer import DEFAULT_VIDEO_FPS, run_episodes
+from tdmpc2.trainer import run_episodes
 
 OVERRIDABLE = ("task", "eval_episodes", "mpc", "seed", "device", "threads", "precision", "checkpoint", "video")
 
@@ -84,8 +84,7 @@ def evaluate(argv: list[str]) -> dict:
         frames=frames)
     result = {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes)), "episodes": len(rewards)}
     if frames:
-        fps = env.metadata.get("render_fps") or DEFAULT_VIDEO_FPS
-        result["video"] = str(video.write_mp4(args.video, frames, fps))
+        result["video"] = str(video.write_mp4(args.video, frames, video.playback_fps(env)))
         print(f"first episode: {len(frames)} frames written to {result['video']}")
     print(colored(f"mean episode reward {result['episode_reward']:.3f} over {len(rewards)} episodes "
                   f"(std {np.std(rewards):.3f}), success {result['success']:.2f}", "green"))

@@ -105,11 +105,13 @@ def run(cfg: DictConfig) -> Path:
     cfg = resolve(cfg, env.task_info)
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     if isinstance(cfg.resume, str):
-        _drop_unused_hydra_dir(hydra_dir, Path(cfg.resume))
+        held = Path(cfg.resume)
+        _drop_unused_hydra_dir(hydra_dir, held)
+    else:
+        held = hydra_dir
+        held.mkdir(parents=True, exist_ok=True)  # a run there starts now: held from the start
     # held before locate(), which may clear a dead attempt's files, until the run has ended
-    if not isinstance(cfg.resume, str):
-        hydra_dir.mkdir(parents=True, exist_ok=True)  # a run there starts now: held from the start
-    with resume.hold(Path(cfg.resume) if isinstance(cfg.resume, str) else hydra_dir):
+    with resume.hold(held):
         run_dir, checkpoint = resume.locate(cfg.resume, hydra_dir)
         return _train(cfg, env, eval_env, threads, run_dir, checkpoint)
 

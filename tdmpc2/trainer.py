@@ -15,10 +15,7 @@ from tdmpc2.buffer import EpisodeBuffer
 from tdmpc2.config import to_container
 from tdmpc2.logger import Logger
 from tdmpc2.progress import RunProgress, on_terminal
-from tdmpc2.video import write_mp4
-
-#: playback speed of evaluation videos when the task does not say (``metadata["render_fps"]``)
-DEFAULT_VIDEO_FPS = 30
+from tdmpc2.video import playback_fps, write_mp4
 
 
 class TrainingHook(Protocol):
@@ -291,7 +288,7 @@ class OnlineTrainer:
             rewards, successes = run_episodes(self.eval_env, self.agent, self.cfg.eval_episodes,
                                               should_stop=lambda: self.stop_signal is not None, frames=frames)
         if frames:
-            fps = self.eval_env.metadata.get("render_fps") or DEFAULT_VIDEO_FPS
+            fps = playback_fps(self.eval_env)
             path = write_mp4(self.run_dir / "videos" / f"eval_step_{self.step}.mp4", frames, fps)
             self.logger.log_video("eval/video", path, frames, fps, self.agent.num_updates)
         return {"episode_reward": float(np.mean(rewards)), "success": float(np.mean(successes))}

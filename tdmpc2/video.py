@@ -11,6 +11,13 @@ from tdmpc2.extras import require
 
 #: H.264 encodes in 16x16 macro-blocks; frames are padded (black, right and bottom) to a multiple of this
 MACRO_BLOCK = 16
+#: playback speed of videos when the task does not say (``metadata["render_fps"]``)
+DEFAULT_FPS = 30
+
+
+def playback_fps(env) -> float:
+    """Return the frames per second a video of ``env`` plays at: its ``render_fps``, else :data:`DEFAULT_FPS`."""
+    return env.metadata.get("render_fps") or DEFAULT_FPS
 
 
 def require_packages() -> None:

@@ -117,10 +117,20 @@ def random_ensemble(seed: int = 0) -> layers.EnsembleMLP:
     return ens
 
 
+def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python SCRIPT threads=1 device=cpu args...`` in the repository root; return the result (output captured)."""
+    return subprocess.run([sys.executable, script, "threads=1", "device=cpu", *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 def run_train_py(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python train.py overrides...`` in the repository root on one thread, the CPU, no compile; return the result."""
-    return subprocess.run([sys.executable, "train.py", "threads=1", "device=cpu", "compile=false", *overrides],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    return run_script("train.py", "compile=false", *overrides, timeout=timeout)
+
+
+def run_evaluate_py(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python evaluate.py args...`` in the repository root on one thread of the CPU; return the result."""
+    return run_script("evaluate.py", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -128,4 +138,5 @@ def builders() -> SimpleNamespace:
     """Return the builders above as one namespace (tests import nothing from this file)."""
     return SimpleNamespace(compose_config=compose_config, tiny_config=tiny_config, toy_task_info=toy_task_info,
                            make_agent=make_agent, make_batch=make_batch, random_ensemble=random_ensemble,
-                           run_train_py=run_train_py, repo_root=REPO_ROOT, tiny_model=TINY_MODEL)
+                           run_train_py=run_train_py, run_evaluate_py=run_evaluate_py,
+                           repo_root=REPO_ROOT, tiny_model=TINY_MODEL)

@@ -1,9 +1,6 @@
 """Facts about config resolution (tdmpc2/config.py), the trainer and train.py run end to end."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 import torch
@@ -172,17 +169,11 @@ def test_final_checkpoint_restores_the_agent(pendulum_run):
     assert action.shape == (1,) and action.abs().max() <= 1
 
 
-def run_evaluate_py(repo_root, *args: str) -> subprocess.CompletedProcess:
-    """Run ``python evaluate.py args...`` in the repository root on one thread of the CPU; return the result."""
-    return subprocess.run([sys.executable, "evaluate.py", "threads=1", "device=cpu", *args],
-                          cwd=repo_root, capture_output=True, text=True, timeout=300)
-
-
 def test_evaluate_py_plays_the_checkpoint_and_records_its_first_episode(builders, pendulum_run, tmp_path):
     imageio = pytest.importorskip("imageio.v2")
     mp4 = tmp_path / "videos" / "episode.mp4"
-    result = run_evaluate_py(builders.repo_root, f"checkpoint={pendulum_run / 'final.pt'}", "eval_episodes=2",
-                             "mpc=false", f"video={mp4}")
+    result = builders.run_evaluate_py(f"checkpoint={pendulum_run / 'final.pt'}", "eval_episodes=2", "mpc=false",
+                                      f"video={mp4}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "episode   2: reward" in result.stdout and "mean episode reward" in result.stdout
     with imageio.get_reader(mp4) as reader:
@@ -195,7 +186,7 @@ def test_evaluate_py_plays_the_checkpoint_and_records_its_first_episode(builders
     (("episodes=3",), "unknown argument"),
 ])
 def test_evaluate_py_rejects_bad_arguments_with_a_message(builders, pendulum_run, args, message):
-    result = run_evaluate_py(builders.repo_root, f"checkpoint={pendulum_run / 'final.pt'}", *args)
+    result = builders.run_evaluate_py(f"checkpoint={pendulum_run / 'final.pt'}", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
