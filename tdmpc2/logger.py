@@ -61,12 +61,16 @@ class Logger:
         self.quiet = quiet
         self.trackers = list(trackers)
         self._rows: dict[str, list[dict]] = {}
+        self._columns: dict[str, list[str]] = {}  # the header each CSV file holds
 
     def log(self, kind: str, row: dict) -> None:
-        """Record ``row`` under ``kind`` (train, eval, analysis, ...): rewrite its CSV, print it, send it to the trackers."""
+        """Record ``row`` under ``kind`` (train, eval, analysis, ...): add it to its CSV, print it, send it to the trackers."""
         rows = self._rows.setdefault(kind, [])
         rows.append(dict(row))
-        self._write(kind)
+        if set(row) <= set(self._columns.get(kind, ())):
+            self._append(kind)
+        else:
+            self._write(kind)
         if self.trackers:
             values, step = scalars(row), tracker_step(row)
             for tracker in self.trackers:
@@ -83,11 +87,21 @@ class Logger:
         # A temporary file renamed into place: a run killed while writing keeps the previous CSV whole.
         path = self.run_dir / f"{kind}.csv"
         tmp = path.with_name(f".{path.name}.tmp")
+        frame = pd.DataFrame(self._rows[kind])
         try:
-            pd.DataFrame(self._rows[kind]).to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        self._columns[kind] = list(frame.columns)
+
+    def _append(self, kind: str) -> None:
+        # One line per row, so that logging costs the same at row 10 and at row 100,000; the file is rewritten
+        # only when a row brings a new column. A run killed mid-line leaves a partial last row, which
+        # restore() drops: the checkpoint never counts a row that was still being written.
+        line = pd.DataFrame(self._rows[kind][-1:], columns=self._columns[kind]).to_csv(index=False, header=False)
+        with open(self.run_dir / f"{kind}.csv", "a") as f:
+            f.write(line)
 
     def row_counts(self) -> dict[str, int]:
         """Return how many rows each CSV holds, by kind."""
@@ -105,7 +119,7 @@ class Logger:
             found = len(frames.get(kind, ()))
             if found < keep:
                 raise ValueError(f"{self.run_dir / kind}.csv holds {found} rows; the checkpoint recorded {keep}")
-        self._rows = {}
+        self._rows, self._columns = {}, {}
         for kind, frame in sorted(frames.items()):
             if counts.get(kind, 0) == 0:
                 (self.run_dir / f"{kind}.csv").unlink()
