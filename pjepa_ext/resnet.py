@@ -58,7 +58,9 @@ class ResNetEncoder(nn.Module):
         width: channels C of the first stage; stages have C, 2C, 4C, 8C.
         blocks_per_stage: basic blocks in each of the four stages.
         latent_dim: size of the output latent.
-        stem_stride: stride of the 7x7 stem convolution (paper: 2).
+        stem_kernel: side of the stem convolution's square kernel (paper: 7);
+            it is padded by ``(stem_kernel - 1) // 2``.
+        stem_stride: stride of the stem convolution (paper: 2).
         stem_pool: whether the stem ends in a 3x3 stride-2 max-pool
             (paper: True). ``stem_stride=1, stem_pool=False`` keeps more
             spatial resolution for small (e.g. 32x32) inputs.
@@ -76,16 +78,18 @@ class ResNetEncoder(nn.Module):
         latent_dim: int = 256,
         stem_stride: int = 2,
         stem_pool: bool = True,
+        stem_kernel: int = 7,
         zero_init_residual: bool = False,
     ):
         super().__init__()
         for name, value in dict(in_channels=in_channels, width=width,
                                 blocks_per_stage=blocks_per_stage, latent_dim=latent_dim,
-                                stem_stride=stem_stride).items():
+                                stem_stride=stem_stride, stem_kernel=stem_kernel).items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ResNetEncoder: {name} must be a positive int, got {value!r}")
         self.pre = PixelPreprocess()
-        stem = [nn.Conv2d(in_channels, width, 7, stem_stride, 3, bias=False), nn.ReLU()]
+        stem = [nn.Conv2d(in_channels, width, stem_kernel, stem_stride, (stem_kernel - 1) // 2, bias=False),
+                nn.ReLU()]
         if stem_pool:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)

@@ -47,6 +47,20 @@ def test_small_presets_output_shape(kwargs, size):
     assert encoder(_images(3, size)).shape == (3, kwargs["latent_dim"])
 
 
+@pytest.mark.parametrize("kernel", [7, 8, 14])
+def test_stride4_stem_gives_16x16_maps_at_64x64_for_any_kernel(kernel):
+    encoder = ResNetEncoder(**SMALL, stem_kernel=kernel, stem_stride=4, stem_pool=False)
+    assert encoder.stem[0].weight.shape == (16, 3, kernel, kernel)
+    with torch.no_grad():
+        maps = encoder.stem(encoder.pre(_images(2, 64)))
+    assert maps.shape == (2, 16, 16, 16)
+
+
+def test_bad_stem_kernel_is_refused():
+    with pytest.raises(ValueError, match="stem_kernel"):
+        ResNetEncoder(**SMALL, stem_kernel=0)
+
+
 def test_layer_count_follows_blocks_per_stage():
     # stem + 2 convs per block + 3 projections + linear
     assert count_layers(ResNetEncoder(**SMALL)) == 1 + 4 * 2 + 3 + 1
