@@ -23,6 +23,9 @@ from tdmpc2.layers import PixelPreprocess
 STAGE_WIDTH_MULTIPLIERS = (1, 2, 4, 8)
 STAGE_STRIDES = (1, 2, 2, 2)
 
+#: The pools the stem may end in (``stem_pool``).
+STEM_POOLS = ("max", "avg", "none")
+
 #: The paper's encoder: ResNetEncoder(**PAPER_RESNET).
 PAPER_RESNET = dict(width=32, blocks_per_stage=8, latent_dim=256)
 
@@ -61,8 +64,9 @@ class ResNetEncoder(nn.Module):
         stem_kernel: side of the stem convolution's square kernel (paper: 7);
             it is padded by ``(stem_kernel - 1) // 2``.
         stem_stride: stride of the stem convolution (paper: 2).
-        stem_pool: whether the stem ends in a 3x3 stride-2 max-pool
-            (paper: True). ``stem_stride=1, stem_pool=False`` keeps more
+        stem_pool: the 3x3 stride-2 pool the stem ends in: ``"max"`` (the
+            paper's), ``"avg"`` or ``"none"``; True and False mean ``"max"``
+            and ``"none"``. ``stem_stride=1, stem_pool=False`` keeps more
             spatial resolution for small (e.g. 32x32) inputs.
         zero_init_residual: start the second conv of every block at zero,
             so that each block is the identity (or its projection) at
@@ -77,7 +81,7 @@ class ResNetEncoder(nn.Module):
         blocks_per_stage: int = 8,
         latent_dim: int = 256,
         stem_stride: int = 2,
-        stem_pool: bool = True,
+        stem_pool: bool | str = True,
         stem_kernel: int = 7,
         zero_init_residual: bool = False,
     ):
@@ -90,8 +94,15 @@ class ResNetEncoder(nn.Module):
         self.pre = PixelPreprocess()
         stem = [nn.Conv2d(in_channels, width, stem_kernel, stem_stride, (stem_kernel - 1) // 2, bias=False),
                 nn.ReLU()]
-        if stem_pool:
+        pool = {True: "max", False: "none"}[stem_pool] if isinstance(stem_pool, bool) else stem_pool
+        if pool not in STEM_POOLS:
+            raise ValueError(f"ResNetEncoder: stem_pool must be one of {', '.join(STEM_POOLS)} (or true/false), "
+                             f"got {stem_pool!r}")
+        if pool == "max":
             stem.append(nn.MaxPool2d(3, 2, 1))
+        elif pool == "avg":
+            # count_include_pad=False: a border cell averages its in-image neighbours only, as the max-pool sees them.
+            stem.append(nn.AvgPool2d(3, 2, 1, count_include_pad=False))
         self.stem = nn.Sequential(*stem)
         stages, channels = [], width
         for multiplier, stride in zip(STAGE_WIDTH_MULTIPLIERS, STAGE_STRIDES):

@@ -56,6 +56,25 @@ def test_stride4_stem_gives_16x16_maps_at_64x64_for_any_kernel(kernel):
     assert maps.shape == (2, 16, 16, 16)
 
 
+def test_the_stem_pools_give_the_same_maps_shape_and_differ_in_value():
+    torch.manual_seed(0)
+    images = _images(2, 64)
+    maps = {}
+    for pool in ("max", "avg", True):
+        torch.manual_seed(0)
+        encoder = ResNetEncoder(**SMALL, stem_pool=pool)
+        with torch.no_grad():
+            maps[pool] = encoder.stem(encoder.pre(images))
+    assert maps["avg"].shape == maps["max"].shape == (2, 16, 16, 16)
+    assert torch.equal(maps[True], maps["max"])
+    assert (maps["max"] >= maps["avg"]).all() and not torch.equal(maps["max"], maps["avg"])
+
+
+def test_bad_stem_pool_is_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match="max, avg, none"):
+        ResNetEncoder(**SMALL, stem_pool="mean")
+
+
 def test_bad_stem_kernel_is_refused():
     with pytest.raises(ValueError, match="stem_kernel"):
         ResNetEncoder(**SMALL, stem_kernel=0)
