@@ -2,13 +2,20 @@
 
 The probe shows what the encoder keeps: it is trained with MSE on images
 scaled to [-1, 1], on latents the caller detaches (the gradient-gating table
-decides; nothing here detaches), so it never shapes the encoder.
+decides; nothing here detaches; the agent clips a probe's gradient apart from
+the model's), so it never shapes the encoder.
+
+Its output layer is linear: the black background, ~97% of a frame, sits at
+-1, which a tanh reaches only at -infinity, so a tanh output is driven into
+saturation and its gradient vanishes (at 64x64 it did within ~2,000 updates,
+gradient norm ~2e-7, leaving the all-black image). :func:`reconstruct` clamps
+to the pixel range.
 
 Architecture for an S x S image (S a power of two, at least 16):
 
     Linear(latent_dim -> C * 4 * 4) -> ReLU -> reshape (C, 4, 4)
     log2(S / 4) x [ConvTranspose2d(C, C, 4, stride 2, padding 1) -> ReLU]
-    Conv2d(C, out_channels, 3, padding 1) -> tanh
+    Conv2d(C, out_channels, 3, padding 1)
 
 At S=64, latent 256, C=32 that is 6 weight layers and 198,115 parameters;
 the paper reports a 6-layer decoder of 202,883 parameters without printing
@@ -41,7 +48,7 @@ def upsampling_stages(image_size: int) -> int:
 
 
 class ImageDecoder(nn.Module):
-    """Transposed-conv decoder: latents (B, latent_dim) -> images (B, C_out, S, S) in (-1, 1)."""
+    """Transposed-conv decoder: latents (B, latent_dim) -> images (B, C_out, S, S), pixels on the [-1, 1] scale."""
 
     def __init__(self, latent_dim: int = 256, image_size: int = 64,
                  out_channels: int = 3, channels: int = 32):
@@ -58,13 +65,13 @@ class ImageDecoder(nn.Module):
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Return reconstructed images in (-1, 1), shape (B, out_channels, S, S)."""
+        """Return reconstructed images on the [-1, 1] pixel scale (unbounded), shape (B, out_channels, S, S)."""
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(
                 f"ImageDecoder expects latents of shape (B, {self.latent_dim}), got {tuple(z.shape)}"
             )
         x = F.relu(self.fc(z)).view(-1, self.channels, SEED_SIZE, SEED_SIZE)
-        return torch.tanh(self.deconv(x))
+        return self.deconv(x)
 
 
 def decoder_target(obs: torch.Tensor) -> torch.Tensor:
@@ -92,4 +99,4 @@ def decoder_loss(decoder: ImageDecoder, z: torch.Tensor, obs: torch.Tensor) -> t
 def reconstruct(decoder: ImageDecoder, z: torch.Tensor) -> torch.Tensor:
     """Return the decoder's images for ``z`` as uint8 in [0, 255], shape (B, C, S, S)."""
     recon = decoder(z)
-    return recon.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return recon.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)

@@ -70,6 +70,12 @@ class TDMPC2:
             lr=cfg.lr,
             fused=fused,
         )
+        # A term gated off the encoder (a probe) trains only its own parameters; they get a clip of their own
+        # so that its gradient cannot shrink the world model's update whenever the model's clip binds.
+        probes = [t for t in self.extra_losses if not self.gating.reaches_encoder[t.name]]
+        probe_ids = {id(p) for t in probes for p in t.parameters()}
+        model_params = [p for g in self.optim.param_groups for p in g["params"] if id(p) not in probe_ids]
+        self._clip_groups = [model_params] + [list(t.parameters()) for t in probes]
         self.pi_optim = torch.optim.Adam(self.model.policy_parameters(), lr=cfg.lr, eps=1e-5, fused=fused)
         self.scale = RunningScale(cfg.tau).to(self.device)
         self.discount = cfg.discount
@@ -254,9 +260,9 @@ class TDMPC2:
             raise NonFiniteLossError(f"non-finite model loss at update {self.num_updates}: {parts}")
         self.optim.zero_grad(set_to_none=True)
         total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for g in self.optim.param_groups for p in g["params"]], self.cfg.grad_clip_norm
-        )
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._clip_groups[0], self.cfg.grad_clip_norm)
+        for probe_params in self._clip_groups[1:]:
+            torch.nn.utils.clip_grad_norm_(probe_params, self.cfg.grad_clip_norm)
         self.optim.step()
 
         pi_loss, pi_entropy = self._update_pi(zs.detach())

@@ -264,6 +264,23 @@ def test_decoder_probe_trains_without_touching_the_encoder():
     assert silent == []
 
 
+@pytest.mark.parametrize("grad_clip_norm", [200, 1e-3])
+def test_the_decoder_probes_gradient_does_not_change_the_models_update(grad_clip_norm):
+    # A probe with a huge gradient (its output bias far off) must leave the model's update as it is,
+    # whether or not the model's own clip binds: the probe is clipped on its own. The wild probe comes
+    # on the second update, since Adam's first step does not depend on the gradient's scale.
+    def encoder_after_update(probe_bias: float) -> list[torch.Tensor]:
+        cfg, agent, _ = build(["variant=pjepa", *SMALL, "decoder=true", f"grad_clip_norm={grad_clip_norm}"])
+        agent.update(synthetic_batch(cfg, seed=1))
+        with torch.no_grad():
+            extension_term(agent, "decoder").decoder.deconv[-1].bias.fill_(probe_bias)
+        agent.update(synthetic_batch(cfg, seed=2))
+        return [p.detach().clone() for p in agent.model.encoder.parameters()]
+
+    for calm, wild in zip(encoder_after_update(0.0), encoder_after_update(1e4)):
+        torch.testing.assert_close(calm, wild, rtol=0, atol=0)
+
+
 # -- the random-projection target ----------------------------------------------------
 
 RANDOM_AUX = ["variant=pjepa", *SMALL, "aux=random", "aux_dim=16", "decoder=false"]
