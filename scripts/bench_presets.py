@@ -3,6 +3,8 @@
     python scripts/bench_presets.py                                  # cpu and paper presets, one thread, fp32
     python scripts/bench_presets.py --sizes cpu --threads 1 2 --repeats 20
     python scripts/bench_presets.py --compile false true --precision fp32 bf16
+    python scripts/bench_presets.py --sizes cpu64 --threads 2 --precision bf16 --compile true \
+        --overrides "" "resnet.stem_pool=avg" "resnet.stem_stride=4 resnet.stem_pool=false"
 
 Uses a synthetic replay batch shaped like the real one (uint8 frames, actions,
 rewards, info), so only the model's cost is measured. Prints the CPU, the
@@ -13,6 +15,7 @@ matrix-product and convolution FLOPs divided by that rate.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -34,12 +37,12 @@ from tdmpc2.precision import DTYPES  # noqa: E402
 from tdmpc2.config import resolve  # noqa: E402
 
 
-def build(size: str, variant: str, compiled: bool, precision: str):
-    """Return ``(agent, cfg)`` for the counting task at size preset ``size``, seed 0."""
+def build(size: str, variant: str, compiled: bool, precision: str, overrides: list[str] = ()):
+    """Return ``(agent, cfg)`` for the counting task at size preset ``size`` with hydra ``overrides``, seed 0."""
     with initialize_config_dir(config_dir=str(ROOT), version_base=None):
         cfg = compose(config_name="config", overrides=["task=counting", f"variant={variant}", f"size={size}",
                                                        "device=cpu", "analysis_freq=0", f"compile={compiled}",
-                                                       f"precision={precision}"])
+                                                       f"precision={precision}", *overrides])
     with open_dict(cfg):
         cfg.aux = "reward"
     cfg = resolve(cfg, make_task_env(cfg, 0).task_info)
@@ -71,6 +74,9 @@ def main() -> None:
                         help="time eager (false) and/or compiled (true) agents")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(DTYPES),
                         help="precisions to time (default: fp32)")
+    parser.add_argument("--overrides", nargs="+", default=[""],
+                        help="config variants to time, each a quoted, space-separated list of hydra overrides "
+                             "applied on top of the size preset (default: the preset as it is)")
     args = parser.parse_args()
     rows, header = [], [profiling.machine_summary()]
     for threads in args.threads:
@@ -78,11 +84,11 @@ def main() -> None:
         rates = profiling.matmul_rates({name: DTYPES[name] for name in args.precision})
         header.append(f"{threads} thread(s): 1024x512x512 matmul " +
                       ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in rates.items()))
-        for size in args.sizes:
+        for size, extra in itertools.product(args.sizes, args.overrides):
             flops = None
             for compiled in args.compile:
                 for name in args.precision:
-                    agent, cfg = build(size, args.variant, compiled == "true", name)
+                    agent, cfg = build(size, args.variant, compiled == "true", name, extra.split())
                     batch = counting_batch(cfg)
                     if flops is None:
                         flops = profiling.count_flops(lambda: agent.update(batch))
@@ -98,15 +104,16 @@ def main() -> None:
                     floor = 1000 * flops / (rates[name] * 1e9)
                     enc = sum(p.numel() for p in agent.model.encoder.parameters())
                     rows.append((threads, size, compiled, name, cfg.counting.image_size, cfg.batch_size, enc, repeats, ms,
-                                 floor, flops))
-                    print(f"done: {threads} thread(s), {size}, compile {compiled}, {name}", file=sys.stderr, flush=True)
+                                 floor, flops, extra))
+                    print(f"done: {threads} thread(s), {size} {extra}, compile {compiled}, {name}", file=sys.stderr,
+                          flush=True)
     print(f"\nP-JEPA update (variant {args.variant}, aux reward, decoder probe on), median")
     print("\n".join(header))
     print(f"{'threads':>7} {'size':<6} {'compile':<7} {'prec':<5} {'image':>5} {'batch':>5} {'encoder params':>15} {'n':>3} "
-          f"{'ms/update':>10} {'updates/s':>10} {'floor ms':>9} {'GFLOP':>7}")
-    for t, size, comp, name, img, b, enc, n, ms, floor, flops in rows:
+          f"{'ms/update':>10} {'updates/s':>10} {'floor ms':>9} {'GFLOP':>7}  overrides")
+    for t, size, comp, name, img, b, enc, n, ms, floor, flops, extra in rows:
         print(f"{t:>7} {size:<6} {comp:<7} {name:<5} {img:>5} {b:>5} {enc:>15,} {n:>3} {ms:>10.1f} {1000 / ms:>10.2f} "
-              f"{floor:>9.1f} {flops / 1e9:>7.1f}")
+              f"{floor:>9.1f} {flops / 1e9:>7.1f}  {extra or '-'}")
 
 
 if __name__ == "__main__":
