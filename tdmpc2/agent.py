@@ -70,8 +70,8 @@ class TDMPC2:
             lr=cfg.lr,
             fused=fused,
         )
-        # A term gated off the encoder (a probe) trains only its own parameters; they get a clip of their own
-        # so that its gradient cannot shrink the world model's update whenever the model's clip binds.
+        # A term gated off the encoder (a probe) trains only its own parameters. Each probe is clipped on its
+        # own, so that its gradient cannot shrink the world model's update whenever the model's clip binds.
         probes = [t for t in self.extra_losses if not self.gating.reaches_encoder[t.name]]
         probe_ids = {id(p) for t in probes for p in t.parameters()}
         model_params = [p for g in self.optim.param_groups for p in g["params"] if id(p) not in probe_ids]
