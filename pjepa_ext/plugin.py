@@ -33,7 +33,7 @@ def build_encoder(cfg) -> nn.Module | None:
     r = cfg.resnet
     resnet = ResNetEncoder(cfg.obs_shape[0], r.width, r.blocks_per_stage, cfg.latent_dim,
                            stem_stride=r.stem_stride, stem_pool=r.stem_pool, stem_kernel=r.stem_kernel,
-                           zero_init_residual=r.zero_init_residual)
+                           conv_init=r.conv_init, zero_init_residual=r.zero_init_residual)
     # Stock TD-MPC2 augments pixels with random shifts; the P-JEPA variants set shift_pad=0.
     return nn.Sequential(ShiftAug(cfg.shift_pad), resnet) if cfg.shift_pad else resnet
 

@@ -26,6 +26,11 @@ STAGE_STRIDES = (1, 2, 2, 2)
 #: The pools the stem may end in (``stem_pool``).
 STEM_POOLS = ("max", "avg", "none")
 
+#: How the convolutions' weights start (``conv_init``): PyTorch's default
+#: (kaiming-uniform with a=sqrt(5), which shrinks the variance ~3x per layer) or
+#: He-normal with fan_out and the ReLU gain, torchvision's ResNet initialisation.
+CONV_INITS = ("torch", "kaiming")
+
 #: The paper's encoder: ResNetEncoder(**PAPER_RESNET).
 PAPER_RESNET = dict(width=32, blocks_per_stage=8, latent_dim=256)
 
@@ -68,6 +73,9 @@ class ResNetEncoder(nn.Module):
             paper's), ``"avg"`` or ``"none"``; True and False mean ``"max"``
             and ``"none"``. ``stem_stride=1, stem_pool=False`` keeps more
             spatial resolution for small (e.g. 32x32) inputs.
+        conv_init: how every convolution's weights start, one of ``CONV_INITS``:
+            ``"torch"`` (PyTorch's default) or ``"kaiming"`` (He-normal,
+            fan_out, ReLU gain, as torchvision's ResNet).
         zero_init_residual: start the second conv of every block at zero,
             so that each block is the identity (or its projection) at
             initialisation. Without normalisation the residual sum grows
@@ -83,6 +91,7 @@ class ResNetEncoder(nn.Module):
         stem_stride: int = 2,
         stem_pool: bool | str = True,
         stem_kernel: int = 7,
+        conv_init: str = "torch",
         zero_init_residual: bool = False,
     ):
         super().__init__()
@@ -91,6 +100,8 @@ class ResNetEncoder(nn.Module):
                                 stem_stride=stem_stride, stem_kernel=stem_kernel).items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ResNetEncoder: {name} must be a positive int, got {value!r}")
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"ResNetEncoder: conv_init must be one of {', '.join(CONV_INITS)}, got {conv_init!r}")
         self.pre = PixelPreprocess()
         stem = [nn.Conv2d(in_channels, width, stem_kernel, stem_stride, (stem_kernel - 1) // 2, bias=False),
                 nn.ReLU()]
@@ -117,6 +128,10 @@ class ResNetEncoder(nn.Module):
         self.proj = nn.Linear(channels, latent_dim)
         self.in_channels = in_channels
         self.latent_dim = latent_dim
+        if conv_init == "kaiming":
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_residual:
             for block in self.blocks():
                 nn.init.zeros_(block.conv2.weight)

@@ -158,6 +158,15 @@ def test_paper_preset_encoder_is_the_papers_resnet():
         assert agent.model.encode(obs).shape == (1, 256)
 
 
+@pytest.mark.parametrize("conv_init", ["torch", "kaiming"])
+def test_the_configured_conv_init_reaches_the_encoder(conv_init):
+    _, agent, _ = build(["variant=pjepa", *SMALL, f"resnet.conv_init={conv_init}"])
+    torch.manual_seed(0)
+    expected = ResNetEncoder(3, 8, 1, agent.model.encoder.latent_dim, stem_pool=False, conv_init=conv_init)
+    built = agent.model.encoder.stem[0].weight
+    assert torch.equal(built, expected.stem[0].weight)
+
+
 # -- gradient gating -------------------------------------------------------------
 
 GATING_CASES = {

@@ -80,6 +80,43 @@ def test_bad_stem_kernel_is_refused():
         ResNetEncoder(**SMALL, stem_kernel=0)
 
 
+def test_kaiming_conv_init_is_he_normal_fan_out_and_leaves_the_linear_alone():
+    torch.manual_seed(0)
+    default = ResNetEncoder(**SMALL)
+    torch.manual_seed(0)
+    he = ResNetEncoder(**SMALL, conv_init="kaiming")
+    for (name, a), (_, b) in zip(default.named_modules(), he.named_modules()):
+        if isinstance(a, nn.Conv2d):
+            out_channels, _, kh, kw = b.weight.shape
+            expected = (2.0 / (out_channels * kh * kw)) ** 0.5
+            assert abs(b.weight.std().item() / expected - 1) < 0.2, name
+            assert b.weight.std() > a.weight.std(), name
+        elif isinstance(a, nn.Linear):
+            assert torch.equal(a.weight, b.weight), name
+
+
+def test_kaiming_conv_init_spreads_the_latents_of_counting_frames():
+    from envs.counting import render_batch
+    rng = __import__("numpy").random.default_rng(0)
+    frames = torch.as_tensor(render_batch(list(range(9)) * 4, [0] * 36, [[200, 40, 40]] * 36, rng))
+    spread = {}
+    for init in ("torch", "kaiming"):
+        torch.manual_seed(0)
+        spread[init] = init_statistics(ResNetEncoder(**SMALL, conv_init=init), frames)["latent_spread"]
+    assert spread["kaiming"] > 5 * spread["torch"]
+
+
+def test_kaiming_init_keeps_zero_init_residual():
+    encoder = ResNetEncoder(**SMALL, conv_init="kaiming", zero_init_residual=True)
+    assert all(not block.conv2.weight.any() for block in encoder.blocks())
+    assert encoder.blocks()[0].conv1.weight.any()
+
+
+def test_bad_conv_init_is_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match="torch, kaiming"):
+        ResNetEncoder(**SMALL, conv_init="xavier")
+
+
 def test_layer_count_follows_blocks_per_stage():
     # stem + 2 convs per block + 3 projections + linear
     assert count_layers(ResNetEncoder(**SMALL)) == 1 + 4 * 2 + 3 + 1
