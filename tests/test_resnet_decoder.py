@@ -1,8 +1,10 @@
 """Facts about the deep ResNet encoder and the decoder probe."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from envs.counting import render_batch
 from pjepa_ext.decoder import ImageDecoder, decoder_loss, decoder_target, reconstruct
 from pjepa_ext.resnet import (PAPER_RESNET, ResNetEncoder, count_layers, init_statistics,
                               parameter_count)
@@ -96,8 +98,7 @@ def test_kaiming_conv_init_is_he_normal_fan_out_and_leaves_the_linear_alone():
 
 
 def test_kaiming_conv_init_spreads_the_latents_of_counting_frames():
-    from envs.counting import render_batch
-    rng = __import__("numpy").random.default_rng(0)
+    rng = np.random.default_rng(0)
     frames = torch.as_tensor(render_batch(list(range(9)) * 4, [0] * 36, [[200, 40, 40]] * 36, rng))
     spread = {}
     for init in ("torch", "kaiming"):
