@@ -240,9 +240,11 @@ def save_accuracy_comparison(path: str | Path, histories: dict, threshold: float
         raise ValueError(f"x={x!r}; allowed values: minutes, updates")
     fig = _new_figure(7.0, 4.5)
     ax = fig.subplots()
-    for label, history in histories.items():
+    colours = len(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
+    for i, (label, history) in enumerate(histories.items()):
         xs = history["elapsed"] / 60.0 if x == "minutes" else history["updates"]
-        ax.plot(xs, history["nc_accuracy"], marker="o", markersize=2.5, linewidth=1.2, label=label)
+        style = ("-", "--", ":")[(i // colours) % 3]  # the colour cycle repeats: tell the repeats apart
+        ax.plot(xs, history["nc_accuracy"], marker="o", markersize=2.5, linewidth=1.2, linestyle=style, label=label)
     ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("wall-clock since start, incl. seeding (min)" if x == "minutes" else "gradient updates")
     ax.set_ylabel("held-out nearest-centroid accuracy")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -287,3 +288,19 @@ def test_accuracy_comparison_plots_against_minutes_or_updates(tmp_path, x):
     assert mpimg.imread(path).shape[2] in (3, 4)
     with pytest.raises(ValueError, match="allowed values: minutes, updates"):
         save_accuracy_comparison(tmp_path / "bad.png", {"a": history}, x="steps")
+
+
+def test_accuracy_comparison_gives_lines_past_the_colour_cycle_another_style(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from pjepa_ext.figures import save_accuracy_comparison
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, path: saved.append(self))
+    history = pd.DataFrame({"updates": [1, 250], "elapsed": [30.0, 90.0], "nc_accuracy": [0.25, 0.9]})
+    colours = len(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
+    save_accuracy_comparison(tmp_path / "many.png", {f"run {i}": history for i in range(colours + 2)})
+    lines = saved[0].axes[0].get_lines()[:colours + 2]  # the threshold line comes after the runs
+    assert [line.get_linestyle() for line in lines] == ["-"] * colours + ["--"] * 2
+    first, repeat = lines[0], lines[colours]
+    assert first.get_color() == repeat.get_color()  # same colour, told apart by the style
