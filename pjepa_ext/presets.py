@@ -23,7 +23,8 @@ def resolve_variant(variant: str, task: str) -> str:
 
 
 #: What ``size=auto`` picks without CUDA: the 32x32 preset, the one that reached nine clusters on every seed
-#: (``cpu64``, on the paper's 64x64 input, missed on one seed in three: docs/cpu64-preset.md)
+#: (``cpu64``, on the paper's 64x64 input, missed on one seed in five, and in fp32 the 10 minutes hold too
+#: few updates: docs/cpu64-preset.md)
 CPU_DEFAULT = "cpu"
 
 

@@ -136,7 +136,7 @@ def test_every_variant_table_is_valid_with_the_extension_rows(variant):
     assert gating.reaches_encoder["decoder"] is False
 
 
-@pytest.mark.parametrize("size, width", [("cpu", 16), ("cpu64", 16), ("paper", 32)])
+@pytest.mark.parametrize("size, width", [("cpu", 16), ("cpu64", 24), ("paper", 32)])
 def test_size_presets_select_the_resnet(size, width):
     cfg = composed("task=counting", "variant=pjepa", f"size={size}")
     assert cfg.encoder == "resnet"
@@ -145,12 +145,13 @@ def test_size_presets_select_the_resnet(size, width):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_cpu64_is_the_cpu_preset_on_64x64_frames_with_the_papers_stem_and_encoder_rate(variant):
+def test_cpu64_is_the_cpu_preset_on_64x64_frames_with_a_wider_patch_stem_encoder(variant):
     cpu = flatten(to_container(composed("task=counting", f"variant={variant}", "size=cpu")))
     cpu64 = flatten(to_container(composed("task=counting", f"variant={variant}", "size=cpu64")))
     differences = {key: (cpu[key], cpu64[key]) for key in cpu if cpu[key] != cpu64[key]}
     assert set(cpu) == set(cpu64)
-    expected = {"counting.image_size": (32, 64), "resnet.stem_pool": (False, True), "enc_lr_scale": (0.5, 0.3)}
+    expected = {"counting.image_size": (32, 64), "resnet.width": (16, 24), "resnet.stem_kernel": (7, 4),
+                "resnet.stem_stride": (2, 4), "enc_lr_scale": (0.5, 0.3)}
     if variant == "aux_only":  # its own learning rates win over every size
         del expected["enc_lr_scale"]
     assert differences == expected
